@@ -1,0 +1,20 @@
+//! The vocabulary every other hangar crate speaks.
+//!
+//! **Architecture invariant:** this crate does no IO, has no async code and
+//! depends on no other workspace crate. It does not even read the clock:
+//! callers pass timestamps in. That keeps everything here pure, so the job
+//! state machine can be tested exhaustively (see `job::tests`).
+
+mod ids;
+mod job;
+mod labels;
+
+pub use ids::{DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError};
+pub use job::{
+    Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, RunnerAssignment,
+    StateTimes,
+};
+pub use labels::Labels;
+
+/// All timestamps in hangar are UTC.
+pub type Timestamp = chrono::DateTime<chrono::Utc>;
