@@ -1,1 +1,84 @@
-fn main() {}
+//! Project automation, run as `cargo xtask <command>`.
+//!
+//! `cargo xtask test` is *the* test command: the README tells users to run
+//! it and `.ci/run` calls it. It installs and starts what the tests need
+//! (see `prepare`), then runs every test, then the lints. Nothing here is a
+//! shell script, so it is checked by the compiler like the rest.
+
+mod prepare;
+mod tidy;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "hangar project automation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Prepare everything the tests need, run every test, then fmt, clippy and tidy.
+    Test {
+        /// Arguments passed on to `cargo nextest run` (e.g. a test filter).
+        #[arg(trailing_var_arg = true)]
+        nextest_args: Vec<String>,
+    },
+    /// Check the architecture invariants that a command can check.
+    Tidy,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = project_root();
+    std::env::set_current_dir(&root)?;
+    match cli.command {
+        Cmd::Test { nextest_args } => test(&root, &nextest_args),
+        Cmd::Tidy => tidy::run(&root),
+    }
+}
+
+fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
+    let env = prepare::all(root)?;
+    let mut nextest = Command::new("cargo");
+    nextest.args(["nextest", "run", "--workspace", "--all-targets", "--no-fail-fast"]);
+    nextest.args(nextest_args);
+    nextest.envs(env.vars.iter().map(|(k, v)| (k, v)));
+    run(&mut nextest).context("tests failed")?;
+    run(Command::new("cargo").args(["fmt", "--all", "--", "--check"])).context("cargo fmt")?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+    .context("cargo clippy")?;
+    tidy::run(root)?;
+    drop(env);
+    eprintln!("xtask: all tests and checks passed");
+    Ok(())
+}
+
+/// Runs a command with inherited stdio, failing on a non-zero exit.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("xtask: $ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} exited with {status}");
+    }
+    Ok(())
+}
+
+fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits in the project root")
+        .to_owned()
+}

@@ -1,0 +1,47 @@
+//! Debian packages the tests need, installed with apt when missing and we
+//! are root. Not root and missing: the tests that need them skip loudly.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+/// (a command that proves the package is there, the package that provides it)
+pub(crate) const NEEDED: [(&str, &str); 1] = [("/usr/lib/postgresql", "postgresql")];
+
+pub(crate) fn ensure(needed: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = needed
+        .iter()
+        .filter(|(probe, _)| !probe_exists(probe))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "xtask: WARNING: missing packages {missing:?} and not root: the tests that need them will skip"
+        );
+        return Ok(());
+    }
+    crate::run(Command::new("apt-get").arg("update").arg("-q"))?;
+    crate::run(
+        Command::new("apt-get")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(&missing),
+    )
+}
+
+fn probe_exists(probe: &str) -> bool {
+    if probe.starts_with('/') {
+        return std::path::Path::new(probe).exists();
+    }
+    Command::new("sh")
+        .args(["-c", &format!("command -v {probe}")])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
