@@ -30,7 +30,7 @@
 
 use std::fmt;
 
-use hangar_types::{Labels, PoolName, RunnerId, Timestamp};
+use hangar_types::{Labels, PoolName, RunnerId, Secret, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// Everything a provider needs to start one runner.
@@ -55,27 +55,6 @@ impl fmt::Debug for RunnerSpec {
             .field("jit_config", &self.jit_config)
             .field("env", &self.env.iter().map(|(k, _)| k).collect::<Vec<_>>())
             .finish()
-    }
-}
-
-/// A string that never shows itself in `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Secret {
-        Secret(value.into())
-    }
-
-    /// The value itself, for the one place that must hand it on.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(***)")
     }
 }
 

@@ -9,7 +9,9 @@ mod ids;
 mod job;
 mod labels;
 
-pub use ids::{DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError};
+pub use ids::{
+    DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError, Secret,
+};
 pub use job::{
     Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, RunnerAssignment,
     StateTimes,
