@@ -10,6 +10,7 @@
 pub mod rest;
 
 pub use rest::{
-    CallPriority, GitHubApi, GitHubError, GitHubJob, GitHubRunner, HookDelivery, JitConfig,
-    JitConfigRequest, RateBudget, RunnerDeletion, RunnerGroup, RunnerScope, RunnerStatus,
+    API_VERSION, AppCredentials, Auth, CallPriority, ClientConfig, GitHubApi, GitHubError,
+    GitHubJob, GitHubRunner, HookDelivery, JitConfig, JitConfigRequest, RateBudget, RestClient,
+    RunnerDeletion, RunnerGroup, RunnerScope, RunnerStatus,
 };

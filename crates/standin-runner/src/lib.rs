@@ -95,14 +95,19 @@ pub fn decode(encoded: &str) -> Result<Decoded, StandinError> {
         serde_json::from_slice(&outer).map_err(|_| StandinError::Encoding)?;
     let mut files = Vec::new();
     for (name, value) in &map {
-        let content = value.as_str().and_then(|s| B64.decode(s).ok()).ok_or(StandinError::Encoding)?;
+        let content =
+            value.as_str().and_then(|s| B64.decode(s).ok()).ok_or(StandinError::Encoding)?;
         files.push((name.clone(), content));
     }
     let file = |name: &'static str| {
-        files.iter().find(|(n, _)| n == name).map(|(_, c)| c.as_slice()).ok_or(StandinError::MissingFile { file: name })
+        files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c.as_slice())
+            .ok_or(StandinError::MissingFile { file: name })
     };
-    let settings: RunnerSettings =
-        serde_json::from_slice(file(".runner")?).map_err(|source| StandinError::BadFile { file: ".runner", source })?;
+    let settings: RunnerSettings = serde_json::from_slice(file(".runner")?)
+        .map_err(|source| StandinError::BadFile { file: ".runner", source })?;
     let credentials: Credentials = serde_json::from_slice(file(".credentials")?)
         .map_err(|source| StandinError::BadFile { file: ".credentials", source })?;
     Ok(Decoded { settings, token: credentials.data.token, files })
@@ -120,8 +125,12 @@ pub enum Outcome {
 impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Outcome::Completed { job_id, conclusion } => write!(f, "job {job_id} completed: {conclusion}"),
-            Outcome::RegistrationGone => f.write_str("the runner no longer exists on the server; exiting"),
+            Outcome::Completed { job_id, conclusion } => {
+                write!(f, "job {job_id} completed: {conclusion}")
+            }
+            Outcome::RegistrationGone => {
+                f.write_str("the runner no longer exists on the server; exiting")
+            }
         }
     }
 }
@@ -156,7 +165,8 @@ pub async fn run(encoded: &str, options: &RunOptions) -> Result<Outcome, Standin
     if let Some(root) = &options.root {
         for (name, content) in &decoded.files {
             let path = root.join(name);
-            std::fs::write(&path, content).map_err(|source| StandinError::Write { path, source })?;
+            std::fs::write(&path, content)
+                .map_err(|source| StandinError::Write { path, source })?;
         }
     }
     let outcome = Session::new(&decoded, options).run().await;
@@ -239,8 +249,10 @@ impl<'a> Session<'a> {
                 Reply::Gone => return Ok(Outcome::RegistrationGone),
                 Reply::NoContent => {}
                 Reply::Ok(response) => {
-                    let job: JobMessage =
-                        response.json().await.map_err(|_| StandinError::Protocol { call: "message", status: 200 })?;
+                    let job: JobMessage = response
+                        .json()
+                        .await
+                        .map_err(|_| StandinError::Protocol { call: "message", status: 200 })?;
                     break job;
                 }
             }
@@ -301,7 +313,10 @@ pub fn binary_path() -> std::io::Result<PathBuf> {
     } else {
         Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
-            format!("{} is missing and `cargo build -p hangar-standin-runner` did not produce it", candidate.display()),
+            format!(
+                "{} is missing and `cargo build -p hangar-standin-runner` did not produce it",
+                candidate.display()
+            ),
         ))
     }
 }

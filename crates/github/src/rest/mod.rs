@@ -21,11 +21,14 @@
 //!   refuses to run with [`GitHubError::BudgetReserved`] when it would eat
 //!   into the reserve kept for essential calls.
 
+mod client;
 mod error;
+mod wire;
 
 use hangar_types::{DeliveryId, JobFields, JobId, JobState, Labels, Secret, Timestamp};
 use serde::{Deserialize, Serialize};
 
+pub use client::{API_VERSION, AppCredentials, Auth, ClientConfig, RestClient};
 pub use error::GitHubError;
 
 /// Where a runner is registered: an organization or a single repository.
