@@ -8,7 +8,10 @@
 //! and runner registrations; the planner never does IO.
 
 pub mod config;
+pub mod executor;
 pub mod plan;
+pub mod reconciler;
 
 pub use config::{ConfigError, PoolConfig, SchedulerConfig};
 pub use plan::{Action, JobReason, JobView, ReapReason, Registration, Snapshot, plan};
+pub use reconciler::{Lifecycle, ReconcilerHandle, Status};

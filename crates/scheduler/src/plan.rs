@@ -282,7 +282,10 @@ impl<'a> Planner<'a> {
             };
             busy.insert(runner.id.clone());
             let unassigned = runner.job.is_none()
-                && matches!(runner.state, RunnerState::Registered | RunnerState::Launched);
+                && matches!(
+                    runner.state,
+                    RunnerState::Planned | RunnerState::Registered | RunnerState::Launched
+                );
             if unassigned && !self.s.in_flight.contains(&runner.id) {
                 let stolen_from = runner.for_job.filter(|&wanted| wanted != job.id);
                 self.actions.push(Action::RunnerAssign {
@@ -313,6 +316,7 @@ impl<'a> Planner<'a> {
             let reap = match runner.state {
                 RunnerState::Gone => None,
                 RunnerState::Draining => Some((ReapReason::Resume, None)),
+                RunnerState::Planned | RunnerState::Registered if is_busy => None,
                 RunnerState::Planned | RunnerState::Registered => {
                     Some((ReapReason::Interrupted, None))
                 }
