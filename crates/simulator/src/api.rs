@@ -209,7 +209,8 @@ fn auth_jwt(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
         return refuse("the simulator's App public key is not a valid PEM");
     };
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
-    validation.set_required_spec_claims(&["exp", "iat", "iss"]);
+    // `iss` is checked below: GitHub accepts a number (App id) or a string (client id).
+    validation.set_required_spec_claims(&["exp", "iat"]);
     validation.leeway = 0;
     let claims = match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
         Ok(data) => data.claims,
@@ -291,10 +292,10 @@ fn paginate<T>(
 
 fn with_link(status: StatusCode, body: Value, link: Option<String>) -> Response {
     let mut response = (status, Json(body)).into_response();
-    if let Some(link) = link {
-        if let Ok(value) = HeaderValue::from_str(&link) {
-            response.headers_mut().insert("link", value);
-        }
+    if let Some(link) = link
+        && let Ok(value) = HeaderValue::from_str(&link)
+    {
+        response.headers_mut().insert("link", value);
     }
     response
 }

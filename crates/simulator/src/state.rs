@@ -645,13 +645,13 @@ impl Shared {
             }
             let runner_id = runner.id;
             state.runners.remove(&runner_id);
-            if let Some(job) = state.jobs.get_mut(&job_id) {
-                if job.status != SimJobStatus::Completed {
-                    job.status = SimJobStatus::Completed;
-                    job.conclusion = Some(conclusion.to_owned());
-                    job.completed_at = Some(Utc::now());
-                    state.webhook_plan(job_id, "completed", &mut out);
-                }
+            if let Some(job) = state.jobs.get_mut(&job_id)
+                && job.status != SimJobStatus::Completed
+            {
+                job.status = SimJobStatus::Completed;
+                job.conclusion = Some(conclusion.to_owned());
+                job.completed_at = Some(Utc::now());
+                state.webhook_plan(job_id, "completed", &mut out);
             }
             state.assign(&mut out);
             true
@@ -677,13 +677,13 @@ impl Shared {
                 }
             }
             for job_id in failed_jobs {
-                if let Some(job) = state.jobs.get_mut(&job_id) {
-                    if job.status == SimJobStatus::InProgress {
-                        job.status = SimJobStatus::Completed;
-                        job.conclusion = Some("failure".to_owned());
-                        job.completed_at = Some(Utc::now());
-                        state.webhook_plan(job_id, "completed", &mut out);
-                    }
+                if let Some(job) = state.jobs.get_mut(&job_id)
+                    && job.status == SimJobStatus::InProgress
+                {
+                    job.status = SimJobStatus::Completed;
+                    job.conclusion = Some("failure".to_owned());
+                    job.completed_at = Some(Utc::now());
+                    state.webhook_plan(job_id, "completed", &mut out);
                 }
             }
         }

@@ -266,10 +266,10 @@ impl<'a> Session<'a> {
                 break;
             }
             tokio::time::sleep((deadline - now).min(self.options.renew_every)).await;
-            if tokio::time::Instant::now() < deadline {
-                if let Reply::Gone = self.call("renew", || self.http.post(&renew)).await? {
-                    return Ok(Outcome::RegistrationGone);
-                }
+            if tokio::time::Instant::now() < deadline
+                && let Reply::Gone = self.call("renew", || self.http.post(&renew)).await?
+            {
+                return Ok(Outcome::RegistrationGone);
             }
         }
         let url = format!("{}/jobs/{}/complete", self.base, job.job_id);

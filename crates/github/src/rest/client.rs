@@ -199,10 +199,10 @@ impl RestClient {
 
     fn jwt(&self, app: &AppCredentials) -> Result<Secret, GitHubError> {
         let now = Utc::now();
-        if let Some((jwt, exp)) = &self.inner().jwt {
-            if *exp - chrono::Duration::seconds(60) > now {
-                return Ok(jwt.clone());
-            }
+        if let Some((jwt, exp)) = &self.inner().jwt
+            && *exp - chrono::Duration::seconds(60) > now
+        {
+            return Ok(jwt.clone());
         }
         #[derive(serde::Serialize)]
         struct Claims {
@@ -320,17 +320,18 @@ impl RestClient {
             (inner.budget, inner.budget.blocked_until)
         };
         let now = Utc::now();
-        if call.priority == CallPriority::Poll {
-            if let (Some(remaining), Some(reset)) = (budget.remaining, budget.reset) {
-                if remaining <= budget.reserve && reset > now && budget.limit.is_some() {
-                    return Err(GitHubError::BudgetReserved {
-                        method: method_name(&call.method),
-                        path: call.path.clone(),
-                        remaining,
-                        reserve: budget.reserve,
-                    });
-                }
-            }
+        if call.priority == CallPriority::Poll
+            && let (Some(remaining), Some(reset)) = (budget.remaining, budget.reset)
+            && remaining <= budget.reserve
+            && reset > now
+            && budget.limit.is_some()
+        {
+            return Err(GitHubError::BudgetReserved {
+                method: method_name(&call.method),
+                path: call.path.clone(),
+                remaining,
+                reserve: budget.reserve,
+            });
         }
         if let Some(until) = blocked.filter(|until| *until > now) {
             let wait = (until - now).to_std().unwrap_or_default();
@@ -366,11 +367,11 @@ impl RestClient {
         if let Some(seconds) = header("retry-after") {
             return Some(Duration::from_secs(seconds));
         }
-        if remaining == Some(0) {
-            if let Some(reset) = header("x-ratelimit-reset").and_then(|r| i64::try_from(r).ok()) {
-                let wait = reset - Utc::now().timestamp();
-                return Some(Duration::from_secs(u64::try_from(wait.max(1)).unwrap_or(1)));
-            }
+        if remaining == Some(0)
+            && let Some(reset) = header("x-ratelimit-reset").and_then(|r| i64::try_from(r).ok())
+        {
+            let wait = reset - Utc::now().timestamp();
+            return Some(Duration::from_secs(u64::try_from(wait.max(1)).unwrap_or(1)));
         }
         Some(self.config.secondary_backoff * 2u32.saturating_pow(attempt.min(6)))
     }
