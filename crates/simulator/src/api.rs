@@ -43,6 +43,13 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             "/repos/{owner}/{repo}/actions/runners/{runner_id}",
             get(repo_runner_get).delete(repo_runner_delete),
         )
+        .route("/orgs/{org}/actions/runners/registration-token", post(org_registration_token))
+        .route("/orgs/{org}/actions/runners/remove-token", post(org_registration_token))
+        .route(
+            "/repos/{owner}/{repo}/actions/runners/registration-token",
+            post(repo_registration_token),
+        )
+        .route("/repos/{owner}/{repo}/actions/runners/remove-token", post(repo_registration_token))
         .route("/orgs/{org}/actions/runner-groups", get(runner_group_list))
         .route("/repos/{owner}/{repo}/actions/runs", get(run_list))
         .route("/repos/{owner}/{repo}/actions/runs/{run_id}/jobs", get(run_job_list))
@@ -50,6 +57,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/installation/repositories", get(installation_repository_list))
         .route("/rate_limit", get(rate_limit_get))
         .route("/app/installations", get(app_installation_list))
+        .route("/orgs/{org}/installation", get(org_installation_get))
+        .route("/repos/{owner}/{repo}/installation", get(repo_installation_get))
         .route("/app/installations/{installation_id}/access_tokens", post(access_token_create))
         .route("/app/hook/deliveries", get(hook_delivery_list))
         .route("/app/hook/deliveries/{delivery_id}/attempts", post(hook_delivery_redeliver))
@@ -440,6 +449,39 @@ fn jit(shared: &Arc<Shared>, scope: Scope, body: &[u8]) -> Response {
         .into_response()
 }
 
+/// Registration and remove tokens (the non-JIT path): the simulator hands
+/// them out with GitHub's shape; its runners only use JIT configs.
+fn registration_token(shared: &Shared) -> Response {
+    let token = format!("SIMREG{:026X}", shared.lock().rng.random::<u128>() >> 24);
+    let expires_at = Utc::now() + Duration::from_secs(3600);
+    (StatusCode::CREATED, Json(json!({ "token": token, "expires_at": ts(expires_at) })))
+        .into_response()
+}
+
+async fn org_registration_token(
+    State(shared): Sh,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    guard!(auth_token(&shared, &headers));
+    if !known_org(&shared, &org) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    registration_token(&shared)
+}
+
+async fn repo_registration_token(
+    State(shared): Sh,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    guard!(auth_token(&shared, &headers));
+    if !known_repo(&shared, &format!("{owner}/{repo}")) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    registration_token(&shared)
+}
+
 fn runner_list(
     shared: &Shared,
     scope: &Scope,
@@ -584,10 +626,10 @@ async fn runner_group_list(
 
 // ---- runs and jobs --------------------------------------------------------------
 
-fn run_status(shared: &crate::state::State, run_id: i64) -> &'static str {
-    let run = &shared.runs[&run_id];
+fn run_status(state: &crate::state::State, run_id: i64) -> &'static str {
+    let run = &state.runs[&run_id];
     let statuses: Vec<SimJobStatus> =
-        run.jobs.iter().filter_map(|j| shared.jobs.get(j)).map(|j| j.status).collect();
+        run.jobs.iter().filter_map(|j| state.jobs.get(j)).map(|j| j.status).collect();
     if statuses.iter().all(|s| *s == SimJobStatus::Completed) {
         "completed"
     } else if statuses.iter().all(|s| *s == SimJobStatus::Queued) {
@@ -752,6 +794,30 @@ fn installation_json(shared: &Shared) -> Value {
 async fn app_installation_list(State(shared): Sh, headers: HeaderMap) -> Response {
     guard!(auth_jwt(&shared, &headers));
     Json(json!([installation_json(&shared)])).into_response()
+}
+
+async fn org_installation_get(
+    State(shared): Sh,
+    Path(org): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    guard!(auth_jwt(&shared, &headers));
+    if !known_org(&shared, &org) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    Json(installation_json(&shared)).into_response()
+}
+
+async fn repo_installation_get(
+    State(shared): Sh,
+    Path((owner, repo)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    guard!(auth_jwt(&shared, &headers));
+    if !known_repo(&shared, &format!("{owner}/{repo}")) {
+        return error(StatusCode::NOT_FOUND, "Not Found");
+    }
+    Json(installation_json(&shared)).into_response()
 }
 
 async fn access_token_create(
