@@ -248,6 +248,16 @@ async fn rate_limit_headers_and_the_control_api() {
     }
     let job: Value = response.json().await.unwrap();
     assert_eq!(job["status"], "queued");
+    let token: Value = http
+        .post(format!("{}/orgs/octo-org/actions/runners/registration-token", sim.api_url()))
+        .bearer_auth(SimConfig::DEFAULT_PAT)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(token["token"].is_string() && token["expires_at"].is_string());
     let unauthorized =
         http.get(format!("{}/orgs/octo-org/actions/runners", sim.api_url())).send().await.unwrap();
     assert_eq!(unauthorized.status(), 401);
