@@ -126,6 +126,8 @@ pub struct RestClient {
 }
 
 struct Call<'a> {
+    /// Stable operation name, the metrics label (paths carry ids).
+    op: &'static str,
     method: Method,
     /// Path for errors and metrics (no query string).
     path: String,
@@ -177,7 +179,7 @@ impl RestClient {
         }
     }
 
-    fn call<'a>(&self, method: Method, path: String, query: &str) -> Call<'a> {
+    fn call<'a>(&self, op: &'static str, method: Method, path: String, query: &str) -> Call<'a> {
         let url = if query.is_empty() {
             format!("{}{path}", self.base)
         } else {
@@ -185,6 +187,7 @@ impl RestClient {
         };
         let idempotent = method == Method::GET || method == Method::DELETE;
         Call {
+            op,
             method,
             path,
             url,
@@ -248,6 +251,7 @@ impl RestClient {
             return Ok(token);
         }
         let mut call = self.call(
+            "access_token_create",
             Method::POST,
             format!("/app/installations/{}/access_tokens", app.installation_id),
             "",
@@ -403,7 +407,7 @@ impl RestClient {
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(source) => {
-                    metrics::counter!("hangar_github_requests_total", "path" => call.path.clone(), "status" => "error")
+                    metrics::counter!("hangar_github_requests_total", "op" => call.op, "status" => "error")
                         .increment(1);
                     if call.idempotent && attempt < self.config.max_retries {
                         tracing::debug!(%method, path = %call.path, error = %source, attempt, "github call failed, retrying");
@@ -415,7 +419,7 @@ impl RestClient {
                 }
             };
             let status = response.status();
-            metrics::counter!("hangar_github_requests_total", "path" => call.path.clone(), "status" => status.as_str().to_owned())
+            metrics::counter!("hangar_github_requests_total", "op" => call.op, "status" => status.as_str().to_owned())
                 .increment(1);
             self.budget_update(response.headers());
             if status == StatusCode::UNAUTHORIZED
@@ -550,7 +554,12 @@ impl RestClient {
         query: &str,
         priority: CallPriority,
     ) -> Result<Vec<GitHubRunner>, GitHubError> {
-        let mut call = self.call(Method::GET, format!("{}/actions/runners", scope.path()), query);
+        let mut call = self.call(
+            "runner_list",
+            Method::GET,
+            format!("{}/actions/runners", scope.path()),
+            query,
+        );
         call.priority = priority;
         self.get_all(call, |page: wire::RunnerPage| {
             page.runners.into_iter().map(GitHubRunner::from).collect()
@@ -560,6 +569,7 @@ impl RestClient {
 
     async fn run_ids(&self, repo: &str, status: &str) -> Result<Vec<i64>, GitHubError> {
         let mut call = self.call(
+            "run_list",
             Method::GET,
             format!("/repos/{repo}/actions/runs"),
             &format!("status={status}&per_page=100"),
@@ -619,6 +629,7 @@ impl GitHubApi for RestClient {
         })
         .expect("a JIT request serialises");
         let mut call = self.call(
+            "jit_config_create",
             Method::POST,
             format!("{}/actions/runners/generate-jitconfig", scope.path()),
             "",
@@ -657,7 +668,12 @@ impl GitHubApi for RestClient {
         scope: &RunnerScope,
         id: i64,
     ) -> Result<Option<GitHubRunner>, GitHubError> {
-        let call = self.call(Method::GET, format!("{}/actions/runners/{id}", scope.path()), "");
+        let call = self.call(
+            "runner_get",
+            Method::GET,
+            format!("{}/actions/runners/{id}", scope.path()),
+            "",
+        );
         let response = self.send(&call).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -672,7 +688,12 @@ impl GitHubApi for RestClient {
         scope: &RunnerScope,
         id: i64,
     ) -> Result<RunnerDeletion, GitHubError> {
-        let call = self.call(Method::DELETE, format!("{}/actions/runners/{id}", scope.path()), "");
+        let call = self.call(
+            "runner_delete",
+            Method::DELETE,
+            format!("{}/actions/runners/{id}", scope.path()),
+            "",
+        );
         let response = self.send(&call).await?;
         match response.status() {
             StatusCode::NO_CONTENT | StatusCode::OK => Ok(RunnerDeletion::Deleted),
@@ -683,8 +704,12 @@ impl GitHubApi for RestClient {
     }
 
     async fn runner_group_list(&self, org: &str) -> Result<Vec<RunnerGroup>, GitHubError> {
-        let mut call =
-            self.call(Method::GET, format!("/orgs/{org}/actions/runner-groups"), "per_page=100");
+        let mut call = self.call(
+            "runner_group_list",
+            Method::GET,
+            format!("/orgs/{org}/actions/runner-groups"),
+            "per_page=100",
+        );
         call.priority = CallPriority::Poll;
         self.get_all(call, |page: wire::GroupPage| {
             page.runner_groups.into_iter().map(RunnerGroup::from).collect()
@@ -704,6 +729,7 @@ impl GitHubApi for RestClient {
         let mut jobs = Vec::new();
         for run in runs {
             let mut call = self.call(
+                "run_job_list",
                 Method::GET,
                 format!("/repos/{repo}/actions/runs/{run}/jobs"),
                 "per_page=100",
@@ -729,7 +755,8 @@ impl GitHubApi for RestClient {
 
     async fn job_get(&self, repo: &str, job: JobId) -> Result<Option<GitHubJob>, GitHubError> {
         repo_ok(repo)?;
-        let call = self.call(Method::GET, format!("/repos/{repo}/actions/jobs/{job}"), "");
+        let call =
+            self.call("job_get", Method::GET, format!("/repos/{repo}/actions/jobs/{job}"), "");
         let response = self.send(&call).await?;
         if response.status() == StatusCode::NOT_FOUND {
             return Ok(None);
@@ -743,8 +770,12 @@ impl GitHubApi for RestClient {
         if self.app().is_none() {
             return Ok(self.config.repositories.clone());
         }
-        let mut call =
-            self.call(Method::GET, "/installation/repositories".to_owned(), "per_page=100");
+        let mut call = self.call(
+            "installation_repository_list",
+            Method::GET,
+            "/installation/repositories".to_owned(),
+            "per_page=100",
+        );
         call.priority = CallPriority::Poll;
         self.get_all(call, |page: wire::RepoPage| {
             page.repositories.into_iter().map(|r| r.full_name).collect()
@@ -759,7 +790,12 @@ impl GitHubApi for RestClient {
         if self.app().is_none() {
             return Err(GitHubError::AppAuthRequired { operation: "listing webhook deliveries" });
         }
-        let mut call = self.call(Method::GET, "/app/hook/deliveries".to_owned(), "per_page=100");
+        let mut call = self.call(
+            "hook_delivery_list",
+            Method::GET,
+            "/app/hook/deliveries".to_owned(),
+            "per_page=100",
+        );
         call.priority = CallPriority::Poll;
         call.auth = AuthKind::Jwt;
         // Newest first: stop paging once a page reaches back past `since`.
@@ -793,7 +829,12 @@ impl GitHubApi for RestClient {
         if self.app().is_none() {
             return Err(GitHubError::AppAuthRequired { operation: "redelivering a webhook" });
         }
-        let mut call = self.call(Method::POST, format!("/app/hook/deliveries/{id}/attempts"), "");
+        let mut call = self.call(
+            "hook_delivery_redeliver",
+            Method::POST,
+            format!("/app/hook/deliveries/{id}/attempts"),
+            "",
+        );
         call.priority = CallPriority::Poll;
         call.auth = AuthKind::Jwt;
         // Asking twice for a redelivery only duplicates a delivery, which the
