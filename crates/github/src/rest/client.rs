@@ -17,6 +17,9 @@
 //!    request had no effect, so this is safe even for POSTs).
 //! 6. **Retries**: 5xx and transport errors are retried with jittered
 //!    exponential backoff, only for idempotent calls.
+//!
+//! Mutating calls additionally take one of `max_concurrent_mutations`
+//! permits while in flight (GitHub asks for serialised mutations).
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -79,6 +82,10 @@ pub struct ClientConfig {
     pub token_refresh_margin: Duration,
     /// With a PAT, the repositories `installation_repository_list` returns.
     pub repositories: Vec<String>,
+    /// Mutating calls (POST, DELETE) in flight at once. GitHub asks
+    /// integrations to serialise them to stay clear of secondary limits; a
+    /// small number keeps one slow call from holding up every launch.
+    pub max_concurrent_mutations: usize,
 }
 
 impl ClientConfig {
@@ -95,6 +102,7 @@ impl ClientConfig {
             poll_reserve_fraction: 0.1,
             token_refresh_margin: Duration::from_secs(300),
             repositories: Vec::new(),
+            max_concurrent_mutations: 4,
         }
     }
 }
@@ -123,6 +131,7 @@ pub struct RestClient {
     origin: String,
     inner: Mutex<Inner>,
     token_refresh: tokio::sync::Mutex<()>,
+    mutations: tokio::sync::Semaphore,
 }
 
 struct Call<'a> {
@@ -158,6 +167,7 @@ impl RestClient {
                 message: format!("cannot build the HTTP client: {e}"),
             })?;
         let budget = RateBudget::default();
+        let mutations = tokio::sync::Semaphore::new(config.max_concurrent_mutations.max(1));
         Ok(RestClient {
             http,
             config,
@@ -165,6 +175,7 @@ impl RestClient {
             origin,
             inner: Mutex::new(Inner { budget, ..Inner::default() }),
             token_refresh: tokio::sync::Mutex::new(()),
+            mutations,
         })
     }
 
@@ -395,6 +406,10 @@ impl RestClient {
         loop {
             self.admit(call).await?;
             let token = self.authorization(call.auth).await?;
+            let _permit = match call.method {
+                Method::GET => None,
+                _ => Some(self.mutations.acquire().await.expect("the semaphore is never closed")),
+            };
             let mut request = self
                 .http
                 .request(call.method.clone(), &call.url)
