@@ -97,7 +97,8 @@ pub struct SimConfig {
     /// A primary rate-limit budget; `None` = unlimited (headers still sent).
     pub rate_limit: Option<RateLimitConfig>,
     /// A busy runner that has not renewed its job for this long is lost: its
-    /// job fails and it goes offline (GitHub notices dead runners too).
+    /// job fails and it goes offline (GitHub notices dead runners too). An
+    /// idle one that stops polling goes offline. At least `long_poll` + 1 s.
     pub runner_lost_after: Duration,
     /// How long a runner's long-poll for a job waits before answering 204.
     pub long_poll: Duration,
@@ -310,7 +311,8 @@ impl SimHandle {
     }
 
     /// Queues a job: sends `queued` (unless the spec says no webhooks) and
-    /// hands it to a matching idle runner when there is one.
+    /// hands it to a matching idle runner when there is one. Call it from
+    /// within a Tokio runtime (webhooks are sent by spawned tasks).
     pub fn job_queue(&self, spec: JobSpec) -> i64 {
         self.shared.job_queue(spec)
     }

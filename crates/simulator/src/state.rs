@@ -665,7 +665,9 @@ impl Shared {
         let mut out = Vec::new();
         {
             let mut state = self.lock();
-            let lost_after = state.config.runner_lost_after;
+            // A long-polling runner is seen at least once per long poll.
+            let lost_after =
+                state.config.runner_lost_after.max(state.config.long_poll + Duration::from_secs(1));
             let now = Instant::now();
             let mut failed_jobs = Vec::new();
             for runner in state.runners.values_mut() {
