@@ -200,6 +200,24 @@ async fn retry_after_is_honoured_and_5xx_reads_are_retried() {
     assert!(started.elapsed() >= Duration::from_secs(1), "waited for retry-after");
     assert_eq!(sim.counters().api_calls_total, 2);
 
+    // GitHub also answers secondary limits with 403.
+    sim.faults_set(Faults {
+        api_rate_limit: 1.0,
+        api_retry_after_secs: 1,
+        api_rate_limit_forbidden: true,
+        ..Faults::default()
+    });
+    let call = tokio::spawn({
+        let gh = client(&sim);
+        async move { gh.runner_list(&org()).await }
+    });
+    wait_for("the 403", Duration::from_secs(5), || async {
+        (sim.counters().api_calls_total >= 3).then_some(())
+    })
+    .await;
+    sim.faults_set(Faults::default());
+    call.await.unwrap().unwrap();
+
     // Reads are retried through 30 % failures (seeded, so reproducible).
     sim.faults_set(Faults { api_fail: 0.3, ..Faults::default() });
     let mut config = pat_config(&sim);

@@ -102,7 +102,7 @@ async fn api_layer(
     let free = path == "/rate_limit";
     enum Fault {
         None,
-        RateLimited(u64),
+        RateLimited(u64, bool),
         Fail(u16),
         Timeout(Duration),
         LostResponse,
@@ -117,7 +117,7 @@ async fn api_layer(
         let fault = if !targeted || free {
             Fault::None
         } else if state.chance(faults.api_rate_limit) {
-            Fault::RateLimited(faults.api_retry_after_secs)
+            Fault::RateLimited(faults.api_retry_after_secs, faults.api_rate_limit_forbidden)
         } else if state.chance(faults.api_fail) {
             Fault::Fail([500, 502, 503][state.rng.random_range(0..3)])
         } else if state.chance(faults.api_timeout) {
@@ -142,9 +142,11 @@ async fn api_layer(
                 ),
             )
         }
-        (Ok(()), Fault::RateLimited(after)) => {
+        (Ok(()), Fault::RateLimited(after, forbidden)) => {
+            let status =
+                if forbidden { StatusCode::FORBIDDEN } else { StatusCode::TOO_MANY_REQUESTS };
             let mut response = error(
-                StatusCode::TOO_MANY_REQUESTS,
+                status,
                 "You have exceeded a secondary rate limit. Please wait a few minutes before you try again.",
             );
             response.headers_mut().insert("retry-after", HeaderValue::from(after));

@@ -175,6 +175,8 @@ pub struct Faults {
     /// API call answered 429 (secondary limit) with `retry-after`.
     pub api_rate_limit: f64,
     pub api_retry_after_secs: u64,
+    /// Answer the secondary limit with 403 (as GitHub also does) instead of 429.
+    pub api_rate_limit_forbidden: bool,
     /// Only these endpoints (e.g. `"POST /orgs/{org}/actions/runners/generate-jitconfig"`)
     /// get API faults; empty = all.
     pub api_endpoints: Vec<String>,
