@@ -10,7 +10,8 @@
 pub mod rest;
 
 pub use rest::{
-    API_VERSION, AppCredentials, Auth, CallPriority, ClientConfig, GitHubApi, GitHubError,
-    GitHubJob, GitHubRunner, HookDelivery, JitConfig, JitConfigRequest, RateBudget, RestClient,
+    API_VERSION, AppCredentials, Auth, CallPriority, ClientConfig, ENV_GITHUB_APP_PRIVATE_KEY,
+    ENV_GITHUB_TOKEN, GitHubApi, GitHubConfig, GitHubConfigError, GitHubError, GitHubJob,
+    GitHubRunner, HookDelivery, JitConfig, JitConfigRequest, RateBudget, RestClient,
     RunnerDeletion, RunnerGroup, RunnerScope, RunnerStatus,
 };

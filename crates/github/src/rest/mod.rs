@@ -22,6 +22,7 @@
 //!   into the reserve kept for essential calls.
 
 mod client;
+mod config;
 mod error;
 mod wire;
 
@@ -29,6 +30,7 @@ use hangar_types::{DeliveryId, JobFields, JobId, JobState, Labels, Secret, Times
 use serde::{Deserialize, Serialize};
 
 pub use client::{API_VERSION, AppCredentials, Auth, ClientConfig, RestClient};
+pub use config::{ENV_GITHUB_APP_PRIVATE_KEY, ENV_GITHUB_TOKEN, GitHubConfig, GitHubConfigError};
 pub use error::GitHubError;
 
 /// Where a runner is registered: an organization or a single repository.
