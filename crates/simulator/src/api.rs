@@ -100,6 +100,13 @@ async fn api_layer(
     let endpoint = format!("{} {path}", request.method());
     let mutating = request.method() != Method::GET;
     let free = path == "/rate_limit";
+    let version = request.headers().get("x-github-api-version").map(|v| v.as_bytes().to_vec());
+    if let Some(version) = &version
+        && version.as_slice() != b"2022-11-28"
+        && version.as_slice() != b"2026-03-10"
+    {
+        return error(StatusCode::BAD_REQUEST, "Unsupported API version");
+    }
     enum Fault {
         None,
         RateLimited(u64, bool),
@@ -111,6 +118,9 @@ async fn api_layer(
         let mut state = shared.lock();
         *state.counters.api_calls.entry(endpoint.clone()).or_default() += 1;
         state.counters.api_calls_total += 1;
+        if version.is_none() {
+            state.counters.api_calls_unversioned += 1;
+        }
         let faults = state.config.faults.clone();
         let targeted = faults.api_endpoints.is_empty() || faults.api_endpoints.contains(&endpoint);
         let budget = if free { Ok(()) } else { state.rate_spend() };

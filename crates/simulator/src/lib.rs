@@ -231,6 +231,9 @@ pub struct Counters {
     /// and rate-limited ones included).
     pub api_calls: BTreeMap<String, u64>,
     pub api_calls_total: u64,
+    /// REST calls that came without `X-GitHub-Api-Version` (GitHub serves
+    /// them as 2022-11-28; hangar always pins it, so tests expect 0).
+    pub api_calls_unversioned: u64,
     /// Registrations that exist (any status).
     pub registrations_alive: u64,
     pub registrations_created: u64,
