@@ -24,7 +24,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::state::{Runner, Scope, Shared, SimJobStatus};
-use crate::webhooks::{job_json, repository_json};
+use crate::webhooks::{job_json, repository_json, user_json};
 use crate::{JobSpec, runner_proto};
 
 type Sh = State<Arc<Shared>>;
@@ -688,10 +688,28 @@ async fn run_list(
                     "url": format!("{server}/repos/{full}/actions/runs/{id}"),
                     "html_url": format!("https://github.com/{full}/actions/runs/{id}"),
                     "jobs_url": format!("{server}/repos/{full}/actions/runs/{id}/jobs"),
+                    "logs_url": format!("{server}/repos/{full}/actions/runs/{id}/logs"),
+                    "check_suite_url": format!("{server}/repos/{full}/check-suites/{id}"),
+                    "artifacts_url": format!("{server}/repos/{full}/actions/runs/{id}/artifacts"),
+                    "cancel_url": format!("{server}/repos/{full}/actions/runs/{id}/cancel"),
+                    "rerun_url": format!("{server}/repos/{full}/actions/runs/{id}/rerun"),
+                    "workflow_url": format!("{server}/repos/{full}/actions/workflows/1"),
+                    "display_title": run.workflow_name,
+                    "path": ".github/workflows/ci.yml",
+                    "pull_requests": [],
                     "created_at": ts(run.created_at),
                     "updated_at": ts(Utc::now()),
                     "run_attempt": 1,
+                    "head_commit": {
+                        "id": run.head_sha,
+                        "tree_id": run.head_sha,
+                        "message": "simulated commit",
+                        "timestamp": ts(run.created_at),
+                        "author": { "name": "Simulated User", "email": "sim@example.com" },
+                        "committer": { "name": "Simulated User", "email": "sim@example.com" }
+                    },
                     "repository": repository_json(&full),
+                    "head_repository": repository_json(&full),
                 })
             })
             .collect()
@@ -770,6 +788,7 @@ async fn rate_limit_get(State(shared): Sh, headers: HeaderMap) -> Response {
     Json(json!({
         "resources": {
             "core": core,
+            "search": { "limit": 30, "remaining": 30, "used": 0, "reset": reset },
             "actions_runner_registration": { "limit": 10000, "remaining": 10000, "used": 0, "reset": reset }
         },
         "rate": core
@@ -784,9 +803,27 @@ fn installation_json(shared: &Shared) -> Value {
     let id = state.config.installation_id;
     let org = state.config.orgs.first().cloned().unwrap_or_default();
     let app_id = state.config.app.as_ref().map(|a| a.app_id.clone()).unwrap_or_default();
+    // `GET /app/installations` describes `account` as simple-user AND
+    // enterprise (allOf), so the account carries the enterprise keys too.
+    let mut account = user_json(&org, "Organization");
+    for (key, value) in [
+        ("name", json!(org)),
+        ("slug", json!(org)),
+        ("created_at", json!("2024-01-01T00:00:00Z")),
+        ("updated_at", json!("2024-01-01T00:00:00Z")),
+    ] {
+        account[key] = value;
+    }
     json!({
         "id": id,
-        "account": { "login": org, "type": "Organization" },
+        "account": account,
+        "target_id": crate::webhooks::repo_id(&org),
+        "single_file_name": null,
+        "html_url": format!("https://github.com/organizations/{org}/settings/installations/{id}"),
+        "repositories_url": format!("{}/installation/repositories", shared.server_url()),
+        "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z",
+        "suspended_by": null,
         "app_id": app_id.parse::<i64>().unwrap_or(1),
         "app_slug": "hangar-simulated",
         "target_type": "Organization",

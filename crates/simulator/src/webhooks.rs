@@ -35,7 +35,7 @@ fn ts(t: chrono::DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-fn repo_id(repo: &str) -> i64 {
+pub(crate) fn repo_id(repo: &str) -> i64 {
     // Stable per name, positive, fits JSON numbers.
     let mut h: i64 = 17;
     for b in repo.bytes() {
@@ -44,31 +44,120 @@ fn repo_id(repo: &str) -> i64 {
     h + 1
 }
 
+/// A user or organization (`simple-user`), with every URL GitHub sends.
+pub(crate) fn user_json(login: &str, kind: &str) -> Value {
+    let id = repo_id(login);
+    let api = "https://api.github.com";
+    json!({
+        "login": login,
+        "id": id,
+        "node_id": format!("O_sim{id}"),
+        "avatar_url": format!("https://avatars.githubusercontent.com/u/{id}?v=4"),
+        "gravatar_id": "",
+        "url": format!("{api}/users/{login}"),
+        "html_url": format!("https://github.com/{login}"),
+        "followers_url": format!("{api}/users/{login}/followers"),
+        "following_url": format!("{api}/users/{login}/following{{/other_user}}"),
+        "gists_url": format!("{api}/users/{login}/gists{{/gist_id}}"),
+        "starred_url": format!("{api}/users/{login}/starred{{/owner}}{{/repo}}"),
+        "subscriptions_url": format!("{api}/users/{login}/subscriptions"),
+        "organizations_url": format!("{api}/users/{login}/orgs"),
+        "repos_url": format!("{api}/users/{login}/repos"),
+        "events_url": format!("{api}/users/{login}/events{{/privacy}}"),
+        "received_events_url": format!("{api}/users/{login}/received_events"),
+        "type": kind,
+        "site_admin": false
+    })
+}
+
+/// A repository (`repository`), with every key GitHub's schema requires.
 pub(crate) fn repository_json(repo: &str) -> Value {
     let (owner, name) = repo.split_once('/').unwrap_or((repo, repo));
     let id = repo_id(repo);
-    json!({
+    let url = format!("https://api.github.com/repos/{repo}");
+    let mut value = json!({
         "id": id,
         "node_id": format!("R_sim{id}"),
         "name": name,
         "full_name": repo,
         "private": true,
-        "owner": {
-            "login": owner,
-            "id": repo_id(owner),
-            "node_id": format!("O_sim{}", repo_id(owner)),
-            "url": format!("https://api.github.com/users/{owner}"),
-            "html_url": format!("https://github.com/{owner}"),
-            "type": "Organization",
-            "site_admin": false
-        },
+        "owner": user_json(owner, "Organization"),
         "html_url": format!("https://github.com/{repo}"),
         "description": null,
         "fork": false,
-        "url": format!("https://api.github.com/repos/{repo}"),
+        "url": url,
+        "clone_url": format!("https://github.com/{repo}.git"),
+        "git_url": format!("git://github.com/{repo}.git"),
+        "ssh_url": format!("git@github.com:{repo}.git"),
+        "svn_url": format!("https://github.com/{repo}"),
+        "mirror_url": null,
+        "homepage": null,
+        "language": "Rust",
         "default_branch": "main",
-        "visibility": "private"
-    })
+        "visibility": "private",
+        "forks": 0,
+        "forks_count": 0,
+        "stargazers_count": 0,
+        "watchers": 0,
+        "watchers_count": 0,
+        "open_issues": 0,
+        "open_issues_count": 0,
+        "size": 1,
+        "has_issues": true,
+        "has_projects": false,
+        "has_downloads": true,
+        "has_wiki": false,
+        "has_pages": false,
+        "archived": false,
+        "disabled": false,
+        "license": null,
+        "created_at": "2024-01-01T00:00:00Z",
+        "updated_at": "2024-01-01T00:00:00Z",
+        "pushed_at": "2024-01-01T00:00:00Z"
+    });
+    let templates = [
+        ("archive_url", "/{archive_format}{/ref}"),
+        ("assignees_url", "/assignees{/user}"),
+        ("blobs_url", "/git/blobs{/sha}"),
+        ("branches_url", "/branches{/branch}"),
+        ("collaborators_url", "/collaborators{/collaborator}"),
+        ("comments_url", "/comments{/number}"),
+        ("commits_url", "/commits{/sha}"),
+        ("compare_url", "/compare/{base}...{head}"),
+        ("contents_url", "/contents/{+path}"),
+        ("contributors_url", "/contributors"),
+        ("deployments_url", "/deployments"),
+        ("downloads_url", "/downloads"),
+        ("events_url", "/events"),
+        ("forks_url", "/forks"),
+        ("git_commits_url", "/git/commits{/sha}"),
+        ("git_refs_url", "/git/refs{/sha}"),
+        ("git_tags_url", "/git/tags{/sha}"),
+        ("hooks_url", "/hooks"),
+        ("issue_comment_url", "/issues/comments{/number}"),
+        ("issue_events_url", "/issues/events{/number}"),
+        ("issues_url", "/issues{/number}"),
+        ("keys_url", "/keys{/key_id}"),
+        ("labels_url", "/labels{/name}"),
+        ("languages_url", "/languages"),
+        ("merges_url", "/merges"),
+        ("milestones_url", "/milestones{/number}"),
+        ("notifications_url", "/notifications{?since,all,participating}"),
+        ("pulls_url", "/pulls{/number}"),
+        ("releases_url", "/releases{/id}"),
+        ("stargazers_url", "/stargazers"),
+        ("statuses_url", "/statuses/{sha}"),
+        ("subscribers_url", "/subscribers"),
+        ("subscription_url", "/subscription"),
+        ("tags_url", "/tags"),
+        ("teams_url", "/teams"),
+        ("trees_url", "/git/trees{/sha}"),
+    ];
+    let object = value.as_object_mut().expect("built as an object");
+    for (key, suffix) in templates {
+        object.insert(key.to_owned(), Value::String(format!("{url}{suffix}")));
+    }
+    value
 }
 
 /// The `workflow_job` object, shared by webhooks and the REST job API
@@ -151,13 +240,7 @@ impl State {
                 "url": format!("https://api.github.com/orgs/{org}"),
                 "description": null
             },
-            "sender": {
-                "login": "simulated-user",
-                "id": 21_031_067,
-                "node_id": "MDQ6VXNlcjIxMDMxMDY3",
-                "type": "User",
-                "site_admin": false
-            },
+            "sender": user_json("simulated-user", "User"),
             "installation": {
                 "id": self.config.installation_id,
                 "node_id": format!("MDIzOkludGVncmF0aW9uSW5zdGFsbGF0aW9u{}", self.config.installation_id)
