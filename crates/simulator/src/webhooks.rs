@@ -238,6 +238,13 @@ impl State {
                 "id": repo_id(&org),
                 "node_id": format!("O_sim{}", repo_id(&org)),
                 "url": format!("https://api.github.com/orgs/{org}"),
+                "repos_url": format!("https://api.github.com/orgs/{org}/repos"),
+                "events_url": format!("https://api.github.com/orgs/{org}/events"),
+                "hooks_url": format!("https://api.github.com/orgs/{org}/hooks"),
+                "issues_url": format!("https://api.github.com/orgs/{org}/issues"),
+                "members_url": format!("https://api.github.com/orgs/{org}/members{{/member}}"),
+                "public_members_url": format!("https://api.github.com/orgs/{org}/public_members{{/member}}"),
+                "avatar_url": format!("https://avatars.githubusercontent.com/u/{}?v=4", repo_id(&org)),
                 "description": null
             },
             "sender": user_json("simulated-user", "User"),

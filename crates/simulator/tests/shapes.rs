@@ -79,10 +79,9 @@ fn check(spec: &Value, schema: &Value, value: &Value, at: &str, errors: &mut Vec
         return;
     }
     if let (Some(allowed), Some(s)) = (schema.get("enum").and_then(Value::as_array), value.as_str())
+        && !allowed.iter().any(|a| a.as_str() == Some(s))
     {
-        if !allowed.iter().any(|a| a.as_str() == Some(s)) {
-            errors.push(format!("{at}: {s:?} not in {allowed:?}"));
-        }
+        errors.push(format!("{at}: {s:?} not in {allowed:?}"));
     }
     if let Some(object) = value.as_object() {
         for key in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
@@ -113,6 +112,9 @@ fn response_schema<'a>(spec: &'a Value, method: &str, path: &str, status: u16) -
     schema
 }
 
+/// (method, OpenAPI path, concrete path, body, token, expected status)
+type Case<'a> = (&'a str, &'a str, String, Option<Value>, &'a str, u16);
+
 #[tokio::test]
 async fn every_answer_fits_githubs_schema() {
     let key = hangar_simulator::app_key_generate();
@@ -138,8 +140,7 @@ async fn every_answer_fits_githubs_schema() {
     let pat = SimConfig::DEFAULT_PAT.to_owned();
     let jit = json!({ "name": "hangar-shape-0000000000000001", "runner_group_id": 1, "labels": ["self-hosted"] });
 
-    // (method, OpenAPI path, concrete path, body, token, expected status)
-    let cases: Vec<(&str, &str, String, Option<Value>, &str, u16)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "post",
             "/orgs/{org}/actions/runners/generate-jitconfig",
@@ -296,5 +297,96 @@ async fn every_answer_fits_githubs_schema() {
         "404",
         &mut errors,
     );
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[tokio::test]
+async fn every_webhook_fits_githubs_schema() {
+    use axum::body::Bytes;
+    use std::sync::{Arc, Mutex};
+    let bodies: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let sink = bodies.clone();
+    let app = axum::Router::new().route(
+        "/webhook",
+        axum::routing::post(move |body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap());
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let sim = Simulator::start(SimConfig {
+        webhook_url: Some(format!("http://{addr}/webhook")),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let http = reqwest::Client::new();
+    let created: Value = http
+        .post(format!("{}/orgs/octo-org/actions/runners/generate-jitconfig", sim.api_url()))
+        .bearer_auth(SimConfig::DEFAULT_PAT)
+        .json(&json!({ "name": "hangar-shape-0000000000000002", "runner_group_id": 1, "labels": ["self-hosted"] }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let job = sim.job_queue(JobSpec::new("octo-org/app", ["self-hosted"]));
+    let cancelled = sim.job_queue(JobSpec::new("octo-org/app", ["gpu"]));
+    assert!(sim.job_cancel(cancelled));
+    // Drive the runner protocol by hand: connect, take the job, complete it.
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let files: Value = serde_json::from_slice(
+        &b64.decode(created["encoded_jit_config"].as_str().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let credentials: Value =
+        serde_json::from_slice(&b64.decode(files[".credentials"].as_str().unwrap()).unwrap())
+            .unwrap();
+    let token = credentials["Data"]["token"].as_str().unwrap();
+    let runner = format!("{}/_runner", sim.api_url());
+    http.post(format!("{runner}/connect")).bearer_auth(token).send().await.unwrap();
+    let message: Value = http
+        .get(format!("{runner}/message?wait_ms=2000"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(message["job_id"], job);
+    http.post(format!("{runner}/jobs/{job}/complete"))
+        .bearer_auth(token)
+        .json(&json!({ "conclusion": "failure" }))
+        .send()
+        .await
+        .unwrap();
+    let bodies =
+        hangar_test_harness::wait_for("five webhooks", Duration::from_secs(10), || async {
+            let bodies = bodies.lock().unwrap().clone();
+            (bodies.len() == 5).then_some(bodies)
+        })
+        .await;
+    let spec = spec();
+    let mut errors = Vec::new();
+    for body in &bodies {
+        let action = body["action"].as_str().unwrap().replace('_', "-");
+        let schema =
+            json!({ "$ref": format!("#/components/schemas/webhook-workflow-job-{action}") });
+        check(
+            &spec,
+            &schema,
+            body,
+            &format!("{action} of job {}", body["workflow_job"]["id"]),
+            &mut errors,
+        );
+    }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
