@@ -288,7 +288,7 @@ async fn the_primary_budget_is_tracked_waited_out_and_reserved_for_essential_cal
     config.max_rate_limit_wait = Duration::from_secs(5);
     let gh = RestClient::new(config).unwrap();
     for _ in 0..5 {
-        gh.runner_list(&org()).await.unwrap();
+        gh.runner_get(&org(), 1).await.unwrap();
     }
     let budget = gh.rate_budget();
     assert_eq!((budget.limit, budget.remaining, budget.reserve), (Some(10), Some(5), 5));
@@ -317,6 +317,28 @@ async fn the_primary_budget_is_tracked_waited_out_and_reserved_for_essential_cal
     };
     assert!(matches!(error, GitHubError::RateLimited { .. }), "{error}");
     let _ = CallPriority::Poll;
+}
+
+#[tokio::test]
+async fn unchanged_pages_are_asked_conditionally_and_cost_no_budget() {
+    let sim = Simulator::start(SimConfig {
+        rate_limit: Some(RateLimitConfig { limit: 100, window: Duration::from_secs(3600) }),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let gh = client(&sim);
+    gh.jit_config_create(&org(), &jit("hangar-pool-00000000000000f1")).await.unwrap();
+    assert_eq!(gh.runner_list(&org()).await.unwrap().len(), 1);
+    let remaining = gh.rate_budget().remaining.unwrap();
+    for _ in 0..3 {
+        assert_eq!(gh.runner_list(&org()).await.unwrap().len(), 1);
+    }
+    assert_eq!(sim.counters().api_calls_not_modified, 3);
+    assert_eq!(gh.rate_budget().remaining.unwrap(), remaining, "304s are free");
+    gh.jit_config_create(&org(), &jit("hangar-pool-00000000000000f2")).await.unwrap();
+    assert_eq!(gh.runner_list(&org()).await.unwrap().len(), 2, "a changed page is fetched again");
+    assert_eq!(sim.counters().api_calls_not_modified, 3);
 }
 
 #[tokio::test]

@@ -99,6 +99,7 @@ async fn api_layer(
     let path = path.strip_prefix("/api/v3").unwrap_or(path);
     let endpoint = format!("{} {path}", request.method());
     let mutating = request.method() != Method::GET;
+    let if_none_match = request.headers().get("if-none-match").cloned();
     let free = path == "/rate_limit";
     let version = request.headers().get("x-github-api-version").map(|v| v.as_bytes().to_vec());
     if let Some(version) = &version
@@ -176,6 +177,9 @@ async fn api_layer(
         }
         (Ok(()), Fault::None) => next.run(request).await,
     };
+    if !mutating && response.status() == StatusCode::OK {
+        response = conditional(&shared, response, if_none_match).await;
+    }
     let (limit, remaining, used, reset) = shared.lock().rate_headers();
     let headers = response.headers_mut();
     headers.insert("x-ratelimit-limit", HeaderValue::from(limit));
@@ -185,6 +189,36 @@ async fn api_layer(
     headers.insert("x-ratelimit-resource", HeaderValue::from_static("core"));
     headers.insert("x-github-api-version-selected", HeaderValue::from_static("2022-11-28"));
     response
+}
+
+/// Adds an `ETag` to a 200 GET answer; answers 304 (and gives the request
+/// back to the budget, as GitHub does not count 304s) when the client's
+/// `If-None-Match` matches.
+async fn conditional(
+    shared: &Shared,
+    response: Response,
+    if_none_match: Option<HeaderValue>,
+) -> Response {
+    use std::hash::{Hash, Hasher};
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, usize::MAX).await else {
+        return error(StatusCode::INTERNAL_SERVER_ERROR, "simulator: cannot buffer a response");
+    };
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut hasher);
+    let etag = format!("W/\"{:016x}\"", hasher.finish());
+    let etag_value = HeaderValue::from_str(&etag).expect("hex is a valid header");
+    if if_none_match.as_ref() == Some(&etag_value) {
+        let mut state = shared.lock();
+        state.counters.api_calls_not_modified += 1;
+        state.rate_refund();
+        drop(state);
+        let mut response = StatusCode::NOT_MODIFIED.into_response();
+        response.headers_mut().insert("etag", etag_value);
+        return response;
+    }
+    parts.headers.insert("etag", etag_value);
+    Response::from_parts(parts, axum::body::Body::from(bytes))
 }
 
 // ---- auth -------------------------------------------------------------------
@@ -638,6 +672,18 @@ async fn runner_group_list(
 
 // ---- runs and jobs --------------------------------------------------------------
 
+/// The latest change of any job of the run (stable between changes, so
+/// conditional requests see an unchanged page).
+fn run_updated(state: &crate::state::State, run_id: i64) -> chrono::DateTime<Utc> {
+    let run = &state.runs[&run_id];
+    run.jobs
+        .iter()
+        .filter_map(|j| state.jobs.get(j))
+        .map(|j| j.completed_at.or(j.started_at).unwrap_or(j.created_at))
+        .max()
+        .unwrap_or(run.created_at)
+}
+
 fn run_status(state: &crate::state::State, run_id: i64) -> &'static str {
     let run = &state.runs[&run_id];
     let statuses: Vec<SimJobStatus> =
@@ -698,7 +744,7 @@ async fn run_list(
                     "path": ".github/workflows/ci.yml",
                     "pull_requests": [],
                     "created_at": ts(run.created_at),
-                    "updated_at": ts(Utc::now()),
+                    "updated_at": ts(run_updated(&state, *id)),
                     "run_attempt": 1,
                     "head_commit": {
                         "id": run.head_sha,

@@ -234,6 +234,8 @@ pub struct Counters {
     /// REST calls that came without `X-GitHub-Api-Version` (GitHub serves
     /// them as 2022-11-28; hangar always pins it, so tests expect 0).
     pub api_calls_unversioned: u64,
+    /// Conditional GETs answered 304 (free for the rate limit).
+    pub api_calls_not_modified: u64,
     /// Registrations that exist (any status).
     pub registrations_alive: u64,
     pub registrations_created: u64,

@@ -747,6 +747,13 @@ impl State {
         Ok(())
     }
 
+    /// Gives one request back (a 304 does not count).
+    pub(crate) fn rate_refund(&mut self) {
+        if let Some(rate) = self.rate.as_mut() {
+            rate.remaining = (rate.remaining + 1).min(rate.limit);
+        }
+    }
+
     /// `(limit, remaining, used, reset)` for the `x-ratelimit-*` headers.
     pub(crate) fn rate_headers(&self) -> (u64, u64, u64, i64) {
         match &self.rate {

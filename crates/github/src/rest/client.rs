@@ -18,6 +18,10 @@
 //! 6. **Retries**: 5xx and transport errors are retried with jittered
 //!    exponential backoff, only for idempotent calls.
 //!
+//! List calls are conditional (`If-None-Match` with the page's last
+//! `ETag`); a 304 reuses the cached page and does not count against the
+//! primary limit.
+//!
 //! Mutating calls additionally take one of `max_concurrent_mutations`
 //! permits while in flight (GitHub asks for serialised mutations).
 
@@ -118,6 +122,8 @@ enum AuthKind {
 #[derive(Debug, Default)]
 struct Inner {
     budget: RateBudget,
+    /// Last answer per list-page URL, for conditional requests: ETag, body, next page.
+    etags: std::collections::HashMap<String, (String, bytes::Bytes, Option<String>)>,
     installation_token: Option<(Secret, Timestamp)>,
     jwt: Option<(Secret, Timestamp)>,
 }
@@ -146,6 +152,8 @@ struct Call<'a> {
     priority: CallPriority,
     auth: AuthKind,
     idempotent: bool,
+    /// `If-None-Match` for a conditional GET (a 304 costs no rate limit).
+    if_none_match: Option<String>,
 }
 
 impl RestClient {
@@ -206,6 +214,7 @@ impl RestClient {
             priority: CallPriority::Essential,
             auth: AuthKind::Installation,
             idempotent,
+            if_none_match: None,
         }
     }
 
@@ -419,6 +428,9 @@ impl RestClient {
             if let Some(body) = call.body {
                 request = request.json(body);
             }
+            if let Some(etag) = &call.if_none_match {
+                request = request.header("if-none-match", etag);
+            }
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(source) => {
@@ -536,23 +548,57 @@ impl RestClient {
         mut call: Call<'_>,
         mut items: impl FnMut(P) -> Vec<T>,
     ) -> Result<Vec<T>, GitHubError> {
+        const ETAG_CACHE_MAX: usize = 1024;
+        let method = method_name(&call.method);
         let mut all = Vec::new();
         loop {
+            // Polls repeat the same pages: ask conditionally, a 304 is free.
+            let cached = self.inner().etags.get(&call.url).cloned();
+            call.if_none_match = cached.as_ref().map(|(etag, _, _)| etag.clone());
             let response = self.send(&call).await?;
-            let next = response
-                .headers()
-                .get("link")
-                .and_then(|l| l.to_str().ok())
-                .and_then(wire::link_next)
-                .map(str::to_owned);
-            let response = self.expect(&call, response, &[StatusCode::OK]).await?;
-            let page: P = self.decode(&call, response).await?;
+            let (body, next) = match cached {
+                Some((_, body, next)) if response.status() == StatusCode::NOT_MODIFIED => {
+                    (body, next)
+                }
+                _ => {
+                    let next = response
+                        .headers()
+                        .get("link")
+                        .and_then(|l| l.to_str().ok())
+                        .and_then(wire::link_next)
+                        .map(str::to_owned);
+                    let etag = response
+                        .headers()
+                        .get("etag")
+                        .and_then(|e| e.to_str().ok())
+                        .map(str::to_owned);
+                    let response = self.expect(&call, response, &[StatusCode::OK]).await?;
+                    let body = response.bytes().await.map_err(|source| GitHubError::Transport {
+                        method,
+                        path: call.path.clone(),
+                        source,
+                    })?;
+                    if let Some(etag) = etag {
+                        let mut inner = self.inner();
+                        if inner.etags.len() >= ETAG_CACHE_MAX {
+                            inner.etags.clear();
+                        }
+                        inner.etags.insert(call.url.clone(), (etag, body.clone(), next.clone()));
+                    }
+                    (body, next)
+                }
+            };
+            let page: P = serde_json::from_slice(&body).map_err(|source| GitHubError::Decode {
+                method,
+                path: call.path.clone(),
+                source,
+            })?;
             all.extend(items(page));
             match next {
                 Some(url) if url.starts_with(&self.origin) => call.url = url,
                 Some(url) => {
                     return Err(GitHubError::Status {
-                        method: method_name(&call.method),
+                        method,
                         path: call.path.clone(),
                         status: 200,
                         message: format!("refusing to follow a Link to another origin: {url}"),
