@@ -75,12 +75,26 @@ pub(crate) async fn execute(
         snapshot.runners.iter().map(|r| (&r.id, r)).collect();
     let jobs: HashMap<JobId, &JobView> = snapshot.jobs.iter().map(|j| (j.id, j)).collect();
     // Creations first: they are what decision latency measures.
-    for action in actions {
-        if let Action::RunnerCreate { pool, for_job } = action {
-            let queued_at = for_job.and_then(|j| jobs.get(&j)).map(|j| j.queued_at);
-            if let Err(e) = runner_create_begin(lc, pool, *for_job, queued_at).await {
-                errors.push(chain(&e));
-            }
+    let creates: Vec<(&PoolName, Option<JobId>)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RunnerCreate { pool, for_job } => Some((pool, *for_job)),
+            _ => None,
+        })
+        .collect();
+    if let Err(e) = runner_create_begin(lc, &creates, &jobs).await {
+        errors.push(chain(&e));
+    }
+    let reasons: Vec<(JobId, Option<String>)> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::JobReasonSet { job, reason } => Some((*job, reason.clone())),
+            _ => None,
+        })
+        .collect();
+    if !reasons.is_empty() {
+        if let Err(e) = lc.store.job_reason_set_batch(&reasons, chrono::Utc::now()).await {
+            errors.push(chain(&e));
         }
     }
     for action in actions {
@@ -131,9 +145,7 @@ pub(crate) async fn execute(
                 }
                 Ok(())
             }
-            Action::JobReasonSet { job, reason } => {
-                lc.store.job_reason_set(*job, reason.as_deref(), chrono::Utc::now()).await
-            }
+            Action::JobReasonSet { .. } => Ok(()),
         };
         if let Err(e) = result {
             errors.push(chain(&e));
@@ -141,33 +153,41 @@ pub(crate) async fn execute(
     }
 }
 
-/// Step 1 of creating: id, `planned` record, then the rest as a task.
+/// Step 1 of creating: ids and `planned` records (one transaction for the
+/// whole plan), then the rest of each creation as a task.
 async fn runner_create_begin(
     lc: &Arc<Lifecycle>,
-    pool: &PoolName,
-    for_job: Option<JobId>,
-    queued_at: Option<Timestamp>,
+    creates: &[(&PoolName, Option<JobId>)],
+    jobs: &HashMap<JobId, &JobView>,
 ) -> Result<(), StoreError> {
-    let now = chrono::Utc::now();
-    let id = RunnerId::new(pool, rand::random());
-    let record = RunnerRecord::planned(id.clone(), pool.clone(), for_job, now);
-    lc.store.runner_insert(&record).await?;
-    let Some(guard) = InFlight::claim(lc, id.as_str()) else {
+    if creates.is_empty() {
         return Ok(());
-    };
-    phase_observe("decided", queued_at, now);
-    let message = match for_job {
-        Some(job) => format!("decided for job {job}"),
-        None => "decided as a hot runner".to_owned(),
-    };
-    event(lc, &id, "created", &message).await;
-    tracing::info!(runner_id = %id, pool = %pool, job_id = ?for_job.map(|j| j.0), "Runner decided.");
-    let lc = lc.clone();
-    tokio::spawn(async move {
-        let _guard = guard;
-        let _permit = lc.launch_slots.acquire().await;
-        runner_create_finish(&lc, record, queued_at).await;
-    });
+    }
+    let now = chrono::Utc::now();
+    let records: Vec<(RunnerRecord, String)> = creates
+        .iter()
+        .map(|&(pool, for_job)| {
+            let id = RunnerId::new(pool, rand::random());
+            let message = match for_job {
+                Some(job) => format!("decided for job {job}"),
+                None => "decided as a hot runner".to_owned(),
+            };
+            (RunnerRecord::planned(id, pool.clone(), for_job, now), message)
+        })
+        .collect();
+    lc.store.runner_insert_batch(&records).await?;
+    for (record, _) in records {
+        let Some(guard) = InFlight::claim(lc, record.id.as_str()) else { continue };
+        let queued_at = record.for_job.and_then(|j| jobs.get(&j)).map(|j| j.queued_at);
+        phase_observe("decided", queued_at, now);
+        tracing::info!(runner_id = %record.id, pool = %record.pool, job_id = ?record.for_job.map(|j| j.0), "Runner decided.");
+        let lc = lc.clone();
+        tokio::spawn(async move {
+            let _guard = guard;
+            let _permit = lc.launch_slots.acquire().await;
+            runner_create_finish(&lc, record, queued_at).await;
+        });
+    }
     Ok(())
 }
 
@@ -251,7 +271,7 @@ pub async fn step_record_registered(
 ) -> Result<(), String> {
     let now = chrono::Utc::now();
     let github_id = jit.github_runner_id;
-    let applied = transition(lc, runner, |r| {
+    let applied = transition(lc, runner, None, |r| {
         r.state = RunnerState::Registered;
         r.github_id = Some(github_id);
         r.jit_minted_at.get_or_insert(now);
@@ -297,7 +317,7 @@ pub async fn step_record_launched(
 ) -> Result<(), String> {
     let now = chrono::Utc::now();
     let running = instance.state == InstanceState::Running;
-    let applied = transition(lc, runner, |r| {
+    let applied = transition(lc, runner, Some(("launched", &instance.detail)), |r| {
         r.state = RunnerState::Launched;
         r.launched_at.get_or_insert(now);
         if running {
@@ -309,7 +329,6 @@ pub async fn step_record_launched(
     if !applied && runner.state != RunnerState::Launched {
         return Err(format!("runner moved to {} meanwhile", runner.state));
     }
-    event(lc, &runner.id, "launched", &instance.detail).await;
     Ok(())
 }
 
@@ -322,7 +341,11 @@ async fn runner_assign(
 ) -> Result<(), StoreError> {
     let mut runner = record.clone();
     let now = chrono::Utc::now();
-    let applied = transition(lc, &mut runner, |r| {
+    let (kind, message) = match stolen_from {
+        Some(victim) => ("stolen", format!("made for job {victim}, taken by job {job}")),
+        None => ("busy", format!("running job {job}")),
+    };
+    let applied = transition(lc, &mut runner, Some((kind, &message)), |r| {
         r.state = RunnerState::Busy;
         r.job = Some(job);
         r.busy_at.get_or_insert(now);
@@ -332,14 +355,9 @@ async fn runner_assign(
         return Ok(());
     }
     phase_observe("picked_up", queued_at, now);
-    match stolen_from {
-        Some(victim) => {
-            metrics::counter!("hangar_runners_stolen_total").increment(1);
-            tracing::info!(runner_id = %runner.id, job_id = job.0, "Runner made for job {victim} was taken by job {job}.");
-            event(lc, &runner.id, "stolen", &format!("made for job {victim}, taken by job {job}"))
-                .await;
-        }
-        None => event(lc, &runner.id, "busy", &format!("running job {job}")).await,
+    if stolen_from.is_some() {
+        metrics::counter!("hangar_runners_stolen_total").increment(1);
+        tracing::info!(runner_id = %runner.id, job_id = job.0, message = %message, "Runner stolen.");
     }
     Ok(())
 }
@@ -347,7 +365,7 @@ async fn runner_assign(
 async fn runner_ready(lc: &Lifecycle, record: &RunnerRecord) -> Result<(), StoreError> {
     let mut runner = record.clone();
     let now = chrono::Utc::now();
-    transition(lc, &mut runner, |r| {
+    transition(lc, &mut runner, None, |r| {
         r.ready_at.get_or_insert(now);
     })
     .await
@@ -387,7 +405,7 @@ async fn runner_teardown_steps(
                 }
             }
         }
-        let applied = transition(lc, &mut runner, |r| {
+        let applied = transition(lc, &mut runner, Some(("draining", reason)), |r| {
             r.state = RunnerState::Draining;
             r.reason = Some(reason.to_owned());
         })
@@ -396,7 +414,6 @@ async fn runner_teardown_steps(
         if !applied {
             return Err(format!("runner moved to {} meanwhile", runner.state));
         }
-        event(lc, &runner.id, "draining", reason).await;
         tracing::info!(runner_id = %runner.id, pool = %runner.pool, reason = %reason, "Runner draining.");
         if let Some(job) = failure_of {
             lc.store
@@ -420,13 +437,12 @@ async fn runner_teardown_steps(
         }
     }
     let now = chrono::Utc::now();
-    transition(lc, &mut runner, |r| {
+    transition(lc, &mut runner, Some(("gone", reason)), |r| {
         r.state = RunnerState::Gone;
         r.gone_at.get_or_insert(now);
     })
     .await
     .map_err(|e| chain(&e))?;
-    event(lc, &runner.id, "gone", reason).await;
     metrics::histogram!("hangar_runner_lifetime_seconds")
         .record((now - runner.created_at).to_std().unwrap_or_default().as_secs_f64());
     if runner.job.is_some() {
@@ -438,14 +454,15 @@ async fn runner_teardown_steps(
 async fn keep_busy(lc: &Lifecycle, runner: &mut RunnerRecord, why: &str) -> Result<(), String> {
     let now = chrono::Utc::now();
     if runner.state != RunnerState::Busy {
-        transition(lc, runner, |r| {
+        transition(lc, runner, Some(("kept_busy", why)), |r| {
             r.state = RunnerState::Busy;
             r.busy_at.get_or_insert(now);
         })
         .await
         .map_err(|e| chain(&e))?;
+    } else {
+        event(lc, &runner.id, "kept_busy", why).await;
     }
-    event(lc, &runner.id, "kept_busy", why).await;
     Ok(())
 }
 
@@ -526,6 +543,7 @@ async fn orphan_registration_delete(lc: &Lifecycle, github_id: i64, name: &str) 
 async fn transition(
     lc: &Lifecycle,
     runner: &mut RunnerRecord,
+    event: Option<(&str, &str)>,
     change: impl FnOnce(&mut RunnerRecord),
 ) -> Result<bool, StoreError> {
     let mut next = runner.clone();
@@ -533,7 +551,7 @@ async fn transition(
     if next == *runner {
         return Ok(true);
     }
-    match lc.store.runner_write(runner, &next).await? {
+    match lc.store.runner_write(runner, &next, event).await? {
         Some(written) => {
             *runner = written;
             Ok(true)

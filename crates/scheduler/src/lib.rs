@@ -11,6 +11,7 @@ pub mod config;
 pub mod executor;
 pub mod plan;
 pub mod reconciler;
+pub mod recovery;
 
 pub use config::{ConfigError, PoolConfig, SchedulerConfig};
 pub use plan::{Action, JobReason, JobView, ReapReason, Registration, Snapshot, plan};

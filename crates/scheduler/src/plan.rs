@@ -322,7 +322,11 @@ impl<'a> Planner<'a> {
                 }
                 RunnerState::Launched | RunnerState::Busy => match instance {
                     Lookup::Exited(code) => {
-                        let failure = if is_busy { None } else { for_job_queued };
+                        // A runner exits 0 after a job, also one we did not
+                        // hear about (stolen, webhook lost): not a failure.
+                        // Any other exit before a job is one.
+                        let crashed = code != Some(0);
+                        let failure = if is_busy || !crashed { None } else { for_job_queued };
                         Some((ReapReason::InstanceExited { code }, failure))
                     }
                     Lookup::Missing => {

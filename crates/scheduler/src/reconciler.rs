@@ -155,6 +155,14 @@ impl Lifecycle {
 
     async fn snapshot(&self, errors: &mut Vec<String>) -> Option<Snapshot> {
         let now = chrono::Utc::now();
+        // In-flight runners first: a task that finishes after this point is
+        // still treated as in flight, so its instance, which may be missing
+        // from the list read next, is not mistaken for a vanished one.
+        let in_flight = self
+            .in_flight()
+            .iter()
+            .filter_map(|name| RunnerId::try_from(name.clone()).ok())
+            .collect();
         let mut instances = HashMap::new();
         let mut unhealthy = BTreeMap::new();
         for pool in &self.pools {
@@ -206,11 +214,6 @@ impl Lifecycle {
                     reason: active.notes.reason,
                 }
             })
-            .collect();
-        let in_flight = self
-            .in_flight()
-            .iter()
-            .filter_map(|name| RunnerId::try_from(name.clone()).ok())
             .collect();
         Some(Snapshot {
             now,

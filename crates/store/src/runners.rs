@@ -45,33 +45,36 @@ const RUNNER_COLUMNS: &str = "runner_id, pool, state, generation, for_job, job_i
      reason, created_at_ms, jit_minted_at_ms, launched_at_ms, ready_at_ms, busy_at_ms, gone_at_ms";
 
 impl Store {
-    /// Persists a newly decided runner. Inserting the same id twice is a
-    /// no-op (the step is idempotent); returns whether it inserted.
+    /// Persists newly decided runners, each with its `created` event, in
+    /// one transaction (one commit for a whole burst). Inserting an id that
+    /// exists is a no-op (the step is idempotent); returns how many were new.
+    pub async fn runner_insert_batch(
+        &self,
+        runners: &[(RunnerRecord, String)],
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool().begin().await.map_err(StoreError::query("inserting runners"))?;
+        let mut inserted = 0;
+        for (runner, message) in runners {
+            let result = insert_query(runner)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("inserting a runner"))?;
+            inserted += result.rows_affected();
+            event_query(&runner.id, runner.created_at, "created", message)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("recording a runner event"))?;
+        }
+        tx.commit().await.map_err(StoreError::query("inserting runners"))?;
+        Ok(inserted)
+    }
+
+    /// Persists one newly decided runner; see [`Store::runner_insert_batch`].
     pub async fn runner_insert(&self, runner: &RunnerRecord) -> Result<bool, StoreError> {
-        let result = sqlx::query(
-            "INSERT INTO runners (runner_id, pool, state, generation, for_job, job_id, github_id, \
-               reason, created_at_ms, jit_minted_at_ms, launched_at_ms, ready_at_ms, busy_at_ms, \
-               gone_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
-             ON CONFLICT (runner_id) DO NOTHING",
-        )
-        .bind(runner.id.as_str())
-        .bind(runner.pool.0.as_str())
-        .bind(runner.state.as_str())
-        .bind(runner.generation)
-        .bind(runner.for_job.map(|j| j.0))
-        .bind(runner.job.map(|j| j.0))
-        .bind(runner.github_id)
-        .bind(runner.reason.as_deref())
-        .bind(to_ms(runner.created_at))
-        .bind(runner.jit_minted_at.map(to_ms))
-        .bind(runner.launched_at.map(to_ms))
-        .bind(runner.ready_at.map(to_ms))
-        .bind(runner.busy_at.map(to_ms))
-        .bind(runner.gone_at.map(to_ms))
-        .execute(self.pool())
-        .await
-        .map_err(StoreError::query("inserting a runner"))?;
+        let result = insert_query(runner)
+            .execute(self.pool())
+            .await
+            .map_err(StoreError::query("inserting a runner"))?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -79,10 +82,13 @@ impl Store {
     /// `current.generation`; `next` gets generation + 1. Returns `Ok(None)`
     /// when someone else wrote first (re-read and decide again), or the
     /// written record.
+    /// `event` (kind, message) is recorded in the same transaction when the
+    /// write applies.
     pub async fn runner_write(
         &self,
         current: &RunnerRecord,
         next: &RunnerRecord,
+        event: Option<(&str, &str)>,
     ) -> Result<Option<RunnerRecord>, StoreError> {
         if current.state != next.state && !current.state.can_transition_to(next.state) {
             return Err(StoreError::RunnerTransition {
@@ -93,6 +99,7 @@ impl Store {
         }
         let mut written = next.clone();
         written.generation = current.generation + 1;
+        let mut tx = self.pool().begin().await.map_err(StoreError::query("updating a runner"))?;
         let result = sqlx::query(
             "UPDATE runners SET state = $1, generation = $2, job_id = $3, github_id = $4, \
                reason = $5, jit_minted_at_ms = $6, launched_at_ms = $7, ready_at_ms = $8, \
@@ -111,10 +118,20 @@ impl Store {
         .bind(written.gone_at.map(to_ms))
         .bind(current.id.as_str())
         .bind(current.generation)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(StoreError::query("updating a runner"))?;
-        Ok((result.rows_affected() == 1).then_some(written))
+        if result.rows_affected() != 1 {
+            return Ok(None);
+        }
+        if let Some((kind, message)) = event {
+            event_query(&current.id, chrono::Utc::now(), kind, message)
+                .execute(&mut *tx)
+                .await
+                .map_err(StoreError::query("recording a runner event"))?;
+        }
+        tx.commit().await.map_err(StoreError::query("updating a runner"))?;
+        Ok(Some(written))
     }
 
     pub async fn runner_get(&self, id: &RunnerId) -> Result<Option<RunnerRecord>, StoreError> {
@@ -192,16 +209,10 @@ impl Store {
         kind: &str,
         message: &str,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO runner_events (runner_id, at_ms, kind, message) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(runner_id.as_str())
-        .bind(to_ms(at))
-        .bind(kind)
-        .bind(message)
-        .execute(self.pool())
-        .await
-        .map_err(StoreError::query("recording a runner event"))?;
+        event_query(runner_id, at, kind, message)
+            .execute(self.pool())
+            .await
+            .map_err(StoreError::query("recording a runner event"))?;
         Ok(())
     }
 
@@ -226,6 +237,17 @@ impl Store {
                 message: row.get("message"),
             })
             .collect())
+    }
+
+    /// Whether a delivery with this id was recorded (recovery skips
+    /// redelivering those).
+    pub async fn delivery_known(&self, id: &hangar_types::DeliveryId) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 AS one FROM deliveries WHERE delivery_id = $1")
+            .bind(id.0.as_str())
+            .fetch_optional(self.pool())
+            .await
+            .map_err(StoreError::query("looking up a delivery"))?;
+        Ok(row.is_some())
     }
 
     /// Jobs the scheduler must look at: every job not completed, and
@@ -266,26 +288,28 @@ impl Store {
         Ok(row.map(|row| decode_notes(&row)).unwrap_or_default())
     }
 
-    /// Sets (or clears) the reason `job` has no runner.
-    pub async fn job_reason_set(
+    /// Sets (or clears) the reason each job has no runner, in one transaction.
+    pub async fn job_reason_set_batch(
         &self,
-        job: JobId,
-        reason: Option<&str>,
+        reasons: &[(JobId, Option<String>)],
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO job_lifecycle (job_id, reason, launch_failures, updated_at_ms) \
-             VALUES ($1, $2, 0, $3) \
-             ON CONFLICT (job_id) DO UPDATE SET reason = excluded.reason, \
-               updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(job.0)
-        .bind(reason)
-        .bind(to_ms(now))
-        .execute(self.pool())
-        .await
-        .map_err(StoreError::query("setting a job's reason"))?;
-        Ok(())
+        let mut tx = self.pool().begin().await.map_err(StoreError::query("setting reasons"))?;
+        for (job, reason) in reasons {
+            sqlx::query(
+                "INSERT INTO job_lifecycle (job_id, reason, launch_failures, updated_at_ms) \
+                 VALUES ($1, $2, 0, $3) \
+                 ON CONFLICT (job_id) DO UPDATE SET reason = excluded.reason, \
+                   updated_at_ms = excluded.updated_at_ms",
+            )
+            .bind(job.0)
+            .bind(reason.as_deref())
+            .bind(to_ms(now))
+            .execute(&mut *tx)
+            .await
+            .map_err(StoreError::query("setting a job's reason"))?;
+        }
+        tx.commit().await.map_err(StoreError::query("setting reasons"))
     }
 
     /// Counts one failed launch (or never-picked-up runner) against `job`.
@@ -345,4 +369,45 @@ fn decode_runner(row: &AnyRow) -> Result<RunnerRecord, StoreError> {
         busy_at: ms("busy_at_ms"),
         gone_at: ms("gone_at_ms"),
     })
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn insert_query(runner: &RunnerRecord) -> AnyQuery<'_> {
+    sqlx::query(
+        "INSERT INTO runners (runner_id, pool, state, generation, for_job, job_id, github_id, \
+           reason, created_at_ms, jit_minted_at_ms, launched_at_ms, ready_at_ms, busy_at_ms, \
+           gone_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) \
+         ON CONFLICT (runner_id) DO NOTHING",
+    )
+    .bind(runner.id.as_str())
+    .bind(runner.pool.0.as_str())
+    .bind(runner.state.as_str())
+    .bind(runner.generation)
+    .bind(runner.for_job.map(|j| j.0))
+    .bind(runner.job.map(|j| j.0))
+    .bind(runner.github_id)
+    .bind(runner.reason.as_deref())
+    .bind(to_ms(runner.created_at))
+    .bind(runner.jit_minted_at.map(to_ms))
+    .bind(runner.launched_at.map(to_ms))
+    .bind(runner.ready_at.map(to_ms))
+    .bind(runner.busy_at.map(to_ms))
+    .bind(runner.gone_at.map(to_ms))
+}
+
+fn event_query<'q>(
+    runner_id: &'q RunnerId,
+    at: Timestamp,
+    kind: &'q str,
+    message: &'q str,
+) -> AnyQuery<'q> {
+    sqlx::query(
+        "INSERT INTO runner_events (runner_id, at_ms, kind, message) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(runner_id.as_str())
+    .bind(to_ms(at))
+    .bind(kind)
+    .bind(message)
 }
