@@ -312,11 +312,11 @@ impl JobRecord {
             next.fields = overlay(&current.fields, &event.job);
         }
         next.fields.runner = current.fields.runner.clone();
-        if let Some(runner) = &event.job.runner {
-            if current.runner_rank.is_none_or(|rank| event_rank > rank) {
-                next.fields.runner = Some(runner.clone());
-                next.runner_rank = Some(event_rank);
-            }
+        if let Some(runner) = &event.job.runner
+            && current.runner_rank.is_none_or(|rank| event_rank > rank)
+        {
+            next.fields.runner = Some(runner.clone());
+            next.runner_rank = Some(event_rank);
         }
         let slot = next.received.slot(event.action);
         if slot.is_none_or(|seen| event.received_at < seen) {

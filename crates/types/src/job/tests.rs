@@ -61,7 +61,7 @@ pub(crate) fn lifecycle(job: i64, waits: bool, cancelled_before_assignment: bool
     };
     let mut running = fields(job);
     running.started_at = Some(at(5));
-    running.runner = Some(runner.clone());
+    running.runner = Some(runner);
     push(JobAction::InProgress, running.clone());
     let mut done = running;
     done.conclusion = Some(Conclusion::Success);
