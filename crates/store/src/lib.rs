@@ -130,6 +130,15 @@ impl Store {
         &self.inner.pool
     }
 
+    /// Checks that the database answers.
+    pub async fn health(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(self.pool())
+            .await
+            .map(drop)
+            .map_err(StoreError::query("checking the database"))
+    }
+
     /// Waits until every write accepted so far is committed, then closes
     /// the connections.
     pub async fn close(&self) {
