@@ -118,7 +118,7 @@ pub(crate) struct Overrides {
 }
 
 impl Effective {
-    pub(crate) fn resolve(config: HangarConfig, overrides: Overrides) -> Effective {
+    pub(crate) fn resolve(config: &HangarConfig, overrides: Overrides) -> Effective {
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         let listen = overrides
             .listen

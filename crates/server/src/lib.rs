@@ -76,6 +76,8 @@ impl ServerState {
 
 /// The routes this crate serves.
 pub fn router(state: ServerState) -> Router {
+    // Install the recorder before the first delivery is counted.
+    prometheus_handle();
     Router::new()
         .route("/webhook", post(webhook::receive))
         .route("/healthz", get(api::health))

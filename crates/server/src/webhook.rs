@@ -88,8 +88,8 @@ async fn accept(
             ApiError::Unauthorized(error.to_string())
         }
     })?;
-    let payload = verified.payload_json().map_err(payload_error)?;
-    let parsed = verified.event(&payload, received_at).map_err(payload_error)?;
+    let payload = verified.payload_json().map_err(|error| payload_error(&error))?;
+    let parsed = verified.event(&payload, received_at).map_err(|error| payload_error(&error))?;
     let delivery_id = verified.headers().delivery_id.clone();
     let (action, job_event) = match parsed {
         Event::Ignored => return Ok(ignored(delivery_id, String::new(), "event")),
@@ -146,7 +146,7 @@ async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError>
     }
 }
 
-fn payload_error(error: PayloadError) -> ApiError {
+fn payload_error(error: &PayloadError) -> ApiError {
     match error {
         PayloadError::UnsupportedContentType => ApiError::UnsupportedMediaType(error.to_string()),
         PayloadError::MissingFormPayload

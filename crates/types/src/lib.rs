@@ -13,8 +13,8 @@ pub use ids::{
     DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError, Secret,
 };
 pub use job::{
-    Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, RunnerAssignment,
-    StateTimes,
+    Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, Report, Reports,
+    RunnerAssignment, StateTimes,
 };
 pub use labels::Labels;
 

@@ -26,7 +26,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
         Ok(parsed) => parsed,
         Err(error) => bail!("{error}"),
     };
-    let effective = Effective::resolve(parsed, Overrides::default());
+    let effective = Effective::resolve(&parsed, Overrides::default());
     println!("{}: ok", path.display());
     println!("  listen:         {}", effective.listen);
     println!("  data dir:       {}", effective.data_dir.display());

@@ -38,7 +38,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         None => HangarConfig::default(),
     };
     let effective =
-        Effective::resolve(config, Overrides { listen: args.listen, data_dir: args.data_dir });
+        Effective::resolve(&config, Overrides { listen: args.listen, data_dir: args.data_dir });
     std::fs::create_dir_all(&effective.data_dir).with_context(|| {
         format!("cannot create the data directory {}", effective.data_dir.display())
     })?;
