@@ -2,6 +2,7 @@
 
 mod cmd;
 mod config;
+mod lifecycle;
 
 use std::path::PathBuf;
 

@@ -5,11 +5,9 @@
 //! It runs nothing: instances are `Running` from launch until killed or
 //! destroyed. It passes the same conformance suite as real providers.
 
+use hangar_types::{RunnerId, Secret, Timestamp};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
-
-use hangar_types::{RunnerId, Secret};
 
 use crate::{Health, Instance, InstanceState, Provider, ProviderError, RunnerSpec};
 
@@ -28,7 +26,7 @@ struct State {
     hang_launches: u32,
     fail_list: Option<String>,
     unhealthy: Option<String>,
-    launches: Vec<(RunnerId, Instant)>,
+    launches: Vec<(RunnerId, Timestamp)>,
     destroys: Vec<RunnerId>,
 }
 
@@ -86,7 +84,7 @@ impl FakeProvider {
     }
 
     /// Every successful launch call, in order, with when it happened.
-    pub fn launches(&self) -> Vec<(RunnerId, Instant)> {
+    pub fn launches(&self) -> Vec<(RunnerId, Timestamp)> {
         self.state().launches.clone()
     }
 
@@ -141,7 +139,7 @@ impl Provider for FakeProvider {
         let mut state = self.state();
         state.instances.insert(spec.runner_id.clone(), instance.clone());
         state.jit_configs.insert(spec.runner_id.clone(), spec.jit_config.clone());
-        state.launches.push((spec.runner_id.clone(), Instant::now()));
+        state.launches.push((spec.runner_id.clone(), instance.launched_at));
         Ok(instance)
     }
 

@@ -34,6 +34,10 @@ pub const SELF_HOSTED: &str = "self-hosted";
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
+    /// Where runners are registered: an organization (`octo-org`) or one
+    /// repository (`owner/repo`). Required as soon as a pool is configured.
+    #[serde(default)]
+    pub runner_scope: Option<String>,
     /// How often the reconciler runs without being poked by a webhook.
     #[serde(default = "defaults::reconcile_interval", with = "secs")]
     pub reconcile_interval: Duration,
@@ -123,6 +127,17 @@ pub fn validate(scheduler: &SchedulerConfig, pools: &[PoolConfig]) -> Result<(),
     if scheduler.reconcile_interval.is_zero() {
         return err("scheduler.reconcile_interval".into(), "expected more than 0 seconds");
     }
+    let scope_ok = scheduler.runner_scope.as_deref().is_some_and(|s| {
+        let mut parts = s.split('/');
+        let valid = |p: Option<&str>| p.is_some_and(|p| !p.is_empty());
+        valid(parts.next()) && parts.next().is_none_or(|p| !p.is_empty()) && parts.next().is_none()
+    });
+    if !pools.is_empty() && !scope_ok {
+        return err(
+            "scheduler.runner_scope".into(),
+            "expected the organization (`octo-org`) or repository (`owner/repo`) runners register in",
+        );
+    }
     let mut names = BTreeSet::new();
     for (i, pool) in pools.iter().enumerate() {
         let key = |field: &str| format!("pools[{i}].{field}");
@@ -155,6 +170,7 @@ pub fn validate(scheduler: &SchedulerConfig, pools: &[PoolConfig]) -> Result<(),
 impl Default for SchedulerConfig {
     fn default() -> SchedulerConfig {
         SchedulerConfig {
+            runner_scope: None,
             reconcile_interval: defaults::reconcile_interval(),
             github_sync_interval: defaults::github_sync_interval(),
             pickup_deadline: defaults::pickup_deadline(),
@@ -260,7 +276,11 @@ mod tests {
         assert_eq!(pool.keep_warm, Duration::from_millis(1500));
         assert_eq!(pool.idle_timeout, Duration::from_secs(300));
         assert!(file.scheduler.is_none());
-        validate(&SchedulerConfig::default(), &file.pools).expect("valid pools");
+        let err = validate(&SchedulerConfig::default(), &file.pools).expect_err("no scope");
+        assert!(err.to_string().starts_with("scheduler.runner_scope: expected"), "{err}");
+        let scoped =
+            SchedulerConfig { runner_scope: Some("octo-org".into()), ..SchedulerConfig::default() };
+        validate(&scoped, &file.pools).expect("valid pools");
     }
 
     #[test]
@@ -281,7 +301,8 @@ mod tests {
             keep_warm: Duration::ZERO,
             settings: toml::Table::new(),
         };
-        let cfg = SchedulerConfig::default();
+        let cfg =
+            SchedulerConfig { runner_scope: Some("o/r".into()), ..SchedulerConfig::default() };
         let check = |pools: &[PoolConfig]| validate(&cfg, pools).err().map(|e| e.to_string());
         assert_eq!(check(&[pool("a", 1, 0)]), None);
         assert_eq!(

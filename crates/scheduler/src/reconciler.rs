@@ -96,6 +96,8 @@ impl ReconcilerHandle {
 
 impl Lifecycle {
     /// Builds the shared state. `providers` must hold one provider per pool.
+    /// `wake` is the notification the webhook intake pokes for every
+    /// accepted job change (`hangar_server::ServerState::job_activity`).
     pub fn new(
         store: Store,
         github: Arc<dyn GitHubApi>,
@@ -103,6 +105,7 @@ impl Lifecycle {
         config: SchedulerConfig,
         pools: Vec<PoolConfig>,
         providers: HashMap<PoolName, Arc<dyn Provider>>,
+        wake: Arc<Notify>,
     ) -> Arc<Lifecycle> {
         let (status, _) = watch::channel(Status::default());
         Arc::new(Lifecycle {
@@ -117,7 +120,7 @@ impl Lifecycle {
             in_flight: Mutex::new(HashSet::new()),
             last_completed: Mutex::new(HashMap::new()),
             last_registration_scan: Mutex::new(None),
-            wake: Arc::new(Notify::new()),
+            wake,
             status,
         })
     }

@@ -25,6 +25,9 @@ use hangar_types::{DeliveryId, JobAction, JobEvent, JobId, JobState, Timestamp};
 
 use crate::reconciler::{Lifecycle, chain};
 
+/// Jobs re-read from GitHub at once during a recovery pass.
+const REFRESH_CONCURRENCY: usize = 8;
+
 /// What one pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RecoveryReport {
@@ -72,7 +75,7 @@ impl Lifecycle {
 
     /// One recovery pass (see the module docs).
     pub async fn recovery_pass(
-        &self,
+        self: &Arc<Self>,
         state: &mut RecoveryState,
     ) -> Result<RecoveryReport, GitHubError> {
         let mut report = RecoveryReport::default();
@@ -131,7 +134,7 @@ impl Lifecycle {
     }
 
     async fn jobs_refresh(
-        &self,
+        self: &Arc<Self>,
         known: &HashMap<JobId, (JobState, String, Option<String>)>,
         queued_on_github: &HashSet<JobId>,
         repositories: &[String],
@@ -156,14 +159,33 @@ impl Lifecycle {
             .collect();
         stale.sort_by_key(|(id, _, _)| **id);
         tracing::debug!(stale = stale.len(), "Recovery re-reads jobs.");
-        for (id, repo, state) in stale {
-            if let Some(job) = self.github.job_get(repo, *id).await? {
-                if job.state > state && self.job_record_polled(&job).await {
-                    report.jobs_refreshed += 1;
+        // A few reads at a time: a burst of lost events must not take one
+        // round trip per job in sequence.
+        let mut reads = tokio::task::JoinSet::new();
+        let mut stale = stale.into_iter();
+        let mut first_error = None;
+        loop {
+            while reads.len() < REFRESH_CONCURRENCY {
+                let Some((id, repo, state)) = stale.next() else { break };
+                let (github, id, repo) = (self.github.clone(), *id, repo.clone());
+                reads.spawn(async move { (state, github.job_get(&repo, id).await) });
+            }
+            let Some(joined) = reads.join_next().await else { break };
+            match joined {
+                Ok((state, Ok(Some(job)))) => {
+                    if job.state > state && self.job_record_polled(&job).await {
+                        report.jobs_refreshed += 1;
+                    }
+                }
+                Ok((_, Ok(None))) | Err(_) => {}
+                Ok((_, Err(e))) => {
+                    first_error.get_or_insert(e);
+                    // Stop starting new reads; let the running ones finish.
+                    stale = Vec::new().into_iter();
                 }
             }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     async fn deliveries_redeliver(

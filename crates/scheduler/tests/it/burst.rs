@@ -25,25 +25,50 @@ fn queue(world: &World, n: usize) -> Vec<i64> {
         .collect()
 }
 
-/// No webhook ever arrives: every job is found by polling GitHub, and
-/// every completion by re-reading jobs. This is the worst case of lost
-/// webhooks; the webhook paths are tested where the intake lives.
+/// Webhooks through hangar's real intake; recovery polling runs too (it
+/// finds nothing to do when no webhook is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_jobs_across_two_pools_complete_and_nothing_is_left() {
     let mut world =
-        World::start(SimConfig::default(), config(), two_pools(), Runners::Process).await;
+        World::start_with(SimConfig::default(), config(), two_pools(), Runners::Process, true)
+            .await;
     let jobs = queue(&world, 200);
     world.run(true);
     world.wait_all_completed(&jobs, Duration::from_secs(240)).await;
-    world.wait_nothing_left(Duration::from_secs(60)).await;
+    world.wait_nothing_left(Duration::from_secs(90)).await;
     let counters = world.sim.counters();
     assert_eq!(counters.jobs_completed, 200);
     eprintln!(
-        "200 jobs: {} registrations, {} API calls ({:.1} per job)",
+        "200 jobs: {} registrations, {} API calls ({:.1} per job), {} webhooks",
         counters.registrations_created,
         counters.api_calls_total,
-        counters.api_calls_total as f64 / 200.0
+        counters.api_calls_total as f64 / 200.0,
+        counters.webhooks_sent
     );
+}
+
+/// 30 % of webhooks dropped (logged as failed) and some never sent at all:
+/// recovery polling finds the jobs and their progress.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_thirty_percent_of_webhooks_lost_every_job_completes() {
+    let faults = Faults {
+        webhook_drop: 0.2,
+        webhook_vanish: 0.1,
+        webhook_duplicate: 0.1,
+        ..Faults::default()
+    };
+    let mut world = World::start_with(
+        SimConfig { faults, ..SimConfig::default() },
+        config(),
+        two_pools(),
+        Runners::Process,
+        true,
+    )
+    .await;
+    let jobs = queue(&world, 60);
+    world.run(true);
+    world.wait_all_completed(&jobs, Duration::from_secs(180)).await;
+    world.wait_nothing_left(Duration::from_secs(90)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -57,18 +82,19 @@ async fn api_failures_timeouts_and_rate_limits_do_not_lose_jobs_or_leak() {
         api_lost_response: 0.05,
         ..Faults::default()
     };
-    let mut world = World::start(
+    let mut world = World::start_with(
         SimConfig { faults, ..SimConfig::default() },
         config(),
         two_pools(),
         Runners::Process,
+        true,
     )
     .await;
     let jobs = queue(&world, 40);
     world.run(true);
     world.wait_all_completed(&jobs, Duration::from_secs(180)).await;
     world.sim.faults_set(Faults::default());
-    world.wait_nothing_left(Duration::from_secs(60)).await;
+    world.wait_nothing_left(Duration::from_secs(90)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

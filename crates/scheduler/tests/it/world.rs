@@ -49,6 +49,7 @@ pub(crate) fn pool(name: &str, labels: &[&str], max: u32) -> PoolConfig {
 
 pub(crate) fn config() -> SchedulerConfig {
     SchedulerConfig {
+        runner_scope: Some("octo-org".into()),
         reconcile_interval: Duration::from_millis(200),
         github_sync_interval: Duration::from_millis(500),
         pickup_deadline: Duration::from_secs(20),
@@ -68,6 +69,19 @@ impl World {
         pools: Vec<PoolConfig>,
         runners: Runners,
     ) -> World {
+        World::start_with(sim_config, config, pools, runners, false).await
+    }
+
+    /// With `webhooks`, hangar's real intake (`hangar_server::router`)
+    /// listens on a port and the simulator sends it signed webhooks; an
+    /// accepted job change wakes the reconciler, as in `hangar serve`.
+    pub(crate) async fn start_with(
+        sim_config: SimConfig,
+        config: SchedulerConfig,
+        pools: Vec<PoolConfig>,
+        runners: Runners,
+        webhooks: bool,
+    ) -> World {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -76,16 +90,36 @@ impl World {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&Store::sqlite_url(&dir.path().join("hangar.db")))
+            .await
+            .expect("store opens");
+        let mut tasks = Vec::new();
+        let secret = SimConfig::DEFAULT_WEBHOOK_SECRET;
+        let state = hangar_server::ServerState::new(
+            store.clone(),
+            Some(hangar_github::WebhookSecret::new(secret)),
+            hangar_server::ApiAccess::new(true, None),
+        );
+        let wake = state.job_activity();
+        let webhook_url = if webhooks {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            let app = hangar_server::router(state);
+            tasks.push(tokio::spawn(async move {
+                axum::serve(listener, app).await.expect("intake serves");
+            }));
+            Some(format!("http://{addr}/webhook"))
+        } else {
+            None
+        };
         let sim = Simulator::start(SimConfig {
             long_poll: Duration::from_millis(500),
             runner_lost_after: Duration::from_secs(10),
+            webhook_url,
             ..sim_config
         })
         .await
         .expect("simulator starts");
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("hangar.db")))
-            .await
-            .expect("store opens");
         let mut client =
             ClientConfig::new(sim.api_url(), Auth::Token(Secret::new(SimConfig::DEFAULT_PAT)));
         client.request_timeout = Duration::from_secs(3);
@@ -127,8 +161,9 @@ impl World {
             config,
             pools,
             providers.clone(),
+            wake,
         );
-        World { sim, store, github, lifecycle, providers, fakes, tasks: Vec::new(), _dir: dir }
+        World { sim, store, github, lifecycle, providers, fakes, tasks, _dir: dir }
     }
 
     /// Starts the reconciler and (optionally) the recovery task.
