@@ -124,6 +124,7 @@ struct Inner {
     budget: RateBudget,
     /// Last answer per list-page URL, for conditional requests: ETag, body, next page.
     etags: std::collections::HashMap<String, (String, bytes::Bytes, Option<String>)>,
+    /// The installation token and when to refresh it.
     installation_token: Option<(Secret, Timestamp)>,
     jwt: Option<(Secret, Timestamp)>,
 }
@@ -254,12 +255,11 @@ impl RestClient {
         Ok(token)
     }
 
+    /// The cached installation token while it is not yet due for refresh.
     fn cached_installation_token(&self) -> Option<Secret> {
-        let margin =
-            chrono::Duration::from_std(self.config.token_refresh_margin).unwrap_or_default();
         let inner = self.inner();
-        let (token, expires) = inner.installation_token.as_ref()?;
-        (*expires - margin > Utc::now()).then(|| token.clone())
+        let (token, refresh_at) = inner.installation_token.as_ref()?;
+        (*refresh_at > Utc::now()).then(|| token.clone())
     }
 
     async fn installation_token(&self, app: &AppCredentials) -> Result<Secret, GitHubError> {
@@ -283,7 +283,13 @@ impl RestClient {
         let token: wire::AccessToken = self.decode(&call, response).await?;
         tracing::debug!(expires_at = %token.expires_at, "github installation token refreshed");
         let secret = Secret::new(token.token);
-        self.inner().installation_token = Some((secret.clone(), token.expires_at));
+        // Refresh `token_refresh_margin` before expiry, but never later than
+        // half-way through the token's life (short-lived tokens stay usable).
+        let now = Utc::now();
+        let margin =
+            chrono::Duration::from_std(self.config.token_refresh_margin).unwrap_or_default();
+        let margin = margin.min((token.expires_at - now) / 2);
+        self.inner().installation_token = Some((secret.clone(), token.expires_at - margin));
         Ok(secret)
     }
 
