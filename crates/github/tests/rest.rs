@@ -278,14 +278,14 @@ async fn timeouts_surface_as_transport_errors() {
 #[tokio::test]
 async fn the_primary_budget_is_tracked_waited_out_and_reserved_for_essential_calls() {
     let sim = Simulator::start(SimConfig {
-        rate_limit: Some(RateLimitConfig { limit: 10, window: Duration::from_secs(2) }),
+        rate_limit: Some(RateLimitConfig { limit: 10, window: Duration::from_secs(4) }),
         ..SimConfig::default()
     })
     .await
     .unwrap();
     let mut config = pat_config(&sim);
     config.poll_reserve_fraction = 0.5;
-    config.max_rate_limit_wait = Duration::from_secs(5);
+    config.max_rate_limit_wait = Duration::from_secs(10);
     let gh = RestClient::new(config).unwrap();
     for _ in 0..5 {
         gh.runner_get(&org(), 1).await.unwrap();

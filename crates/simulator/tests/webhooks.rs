@@ -183,7 +183,7 @@ async fn reordered_webhooks_arrive_after_later_ones() {
     let (sim, hooks) = sim_with_hooks().await;
     sim.faults_set(Faults {
         webhook_reorder: 1.0,
-        webhook_reorder_delay: Duration::from_millis(500),
+        webhook_reorder_delay: Duration::from_millis(1500),
         ..Faults::default()
     });
     let first = sim.job_queue(JobSpec::new("octo-org/app", ["a"]));

@@ -95,7 +95,7 @@ async fn any_matching_job_takes_an_idle_runner_and_busy_runners_refuse_delete() 
     // case: labels compare case-insensitively) takes the runner.
     let gpu = sim.job_queue(JobSpec::new("octo-org/app", ["self-hosted", "gpu"]));
     let other = sim
-        .job_queue(JobSpec::new("octo-org/lib", ["SELF-HOSTED"]).duration(Duration::from_secs(2)));
+        .job_queue(JobSpec::new("octo-org/lib", ["SELF-HOSTED"]).duration(Duration::from_secs(4)));
     hangar_test_harness::wait_for("the job to start", Duration::from_secs(10), || async {
         (sim.job(other)?.status == SimJobStatus::InProgress).then_some(())
     })
