@@ -457,3 +457,43 @@ async fn delivery_calls_need_an_app() {
         Err(GitHubError::AppAuthRequired { .. })
     ));
 }
+
+#[tokio::test]
+async fn two_hundred_runners_take_two_hundred_jobs_and_leave_nothing() {
+    let sim = Simulator::start(SimConfig::default()).await.unwrap();
+    let gh = Arc::new(client(&sim));
+    let started = tokio::time::Instant::now();
+    let mut runners = Vec::new();
+    for i in 0..200u64 {
+        let labels: &[&str] =
+            if i % 2 == 0 { &["self-hosted", "linux"] } else { &["self-hosted", "arm64"] };
+        sim.job_queue(
+            JobSpec::new("octo-org/app", labels.iter().copied())
+                .duration(Duration::from_millis(50)),
+        );
+        let request = JitConfigRequest {
+            name: format!("hangar-burst-{i:016x}"),
+            runner_group_id: 1,
+            labels: Labels::new(labels.iter().copied()),
+            work_folder: None,
+        };
+        let gh = gh.clone();
+        runners.push(tokio::spawn(async move {
+            let minted = gh.jit_config_create(&org(), &request).await.unwrap();
+            let options = hangar_standin_runner::RunOptions {
+                poll_wait: Duration::from_millis(500),
+                ..Default::default()
+            };
+            hangar_standin_runner::run(minted.encoded.expose(), &options).await.unwrap()
+        }));
+    }
+    for runner in runners {
+        let outcome = tokio::time::timeout(Duration::from_secs(60), runner).await.unwrap().unwrap();
+        assert!(matches!(outcome, hangar_standin_runner::Outcome::Completed { .. }), "{outcome:?}");
+    }
+    let counters = sim.counters();
+    assert_eq!(counters.jobs_completed, 200);
+    assert_eq!(counters.registrations_alive, 0);
+    assert_eq!(counters.api_calls["POST /orgs/{org}/actions/runners/generate-jitconfig"], 200);
+    eprintln!("200 jobs through 200 JIT runners in {:?}", started.elapsed());
+}
