@@ -102,6 +102,10 @@ pub struct SimConfig {
     pub runner_lost_after: Duration,
     /// How long a runner's long-poll for a job waits before answering 204.
     pub long_poll: Duration,
+    /// GitHub removes an ephemeral registration nobody connected to after a
+    /// day; `Some(d)` makes the simulator do the same after `d` (so a
+    /// reaper meets 404s). `None` (default): it lingers until deleted.
+    pub unconnected_registration_ttl: Option<Duration>,
     pub faults: Faults,
     pub seed: u64,
 }
@@ -125,6 +129,7 @@ impl Default for SimConfig {
             rate_limit: None,
             runner_lost_after: Duration::from_secs(30),
             long_poll: Duration::from_secs(10),
+            unconnected_registration_ttl: None,
             faults: Faults::default(),
             seed: 1,
         }
@@ -240,6 +245,8 @@ pub struct Counters {
     pub registrations_alive: u64,
     pub registrations_created: u64,
     pub registrations_deleted: u64,
+    /// Never-connected registrations removed by `unconnected_registration_ttl`.
+    pub registrations_expired: u64,
     /// `DELETE` refused with 422 because the runner was busy.
     pub delete_refused_busy: u64,
     pub runners_online: u64,

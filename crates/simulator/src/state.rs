@@ -124,6 +124,7 @@ pub(crate) struct Runner {
     /// Whether the assigned job has been handed to the runner process.
     job_delivered: bool,
     last_seen: Instant,
+    created: Instant,
 }
 
 impl Runner {
@@ -503,6 +504,7 @@ impl Shared {
                 job: None,
                 job_delivered: false,
                 last_seen: Instant::now(),
+                created: Instant::now(),
             },
         );
         state.counters.registrations_created += 1;
@@ -677,6 +679,14 @@ impl Shared {
                         failed_jobs.push(job);
                     }
                 }
+            }
+            if let Some(ttl) = state.config.unconnected_registration_ttl {
+                let before = state.runners.len();
+                state
+                    .runners
+                    .retain(|_, r| r.ever_connected || now.duration_since(r.created) < ttl);
+                let removed = (before - state.runners.len()) as u64;
+                state.counters.registrations_expired += removed;
             }
             for job_id in failed_jobs {
                 if let Some(job) = state.jobs.get_mut(&job_id)

@@ -272,3 +272,22 @@ async fn rate_limit_headers_and_the_control_api() {
     assert_eq!(counters["jobs_queued"], 1);
     assert_eq!(counters["api_calls"]["GET /repos/{owner}/{repo}/actions/jobs/{job_id}"], 1);
 }
+
+#[tokio::test]
+async fn never_connected_registrations_expire_when_asked_to() {
+    let sim = Simulator::start(SimConfig {
+        unconnected_registration_ttl: Some(Duration::from_millis(300)),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let (id, token) = register(&sim, "hangar-x-0000000000000004").await;
+    let (_, _) = register(&sim, "hangar-x-0000000000000005").await;
+    assert_eq!(runner_call(&sim, &token, "connect").await.status(), 200);
+    wait_for("the unconnected one to expire", Duration::from_secs(10), || async {
+        (sim.counters().registrations_expired == 1).then_some(())
+    })
+    .await;
+    let left = sim.runners();
+    assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id], "the connected one stays");
+}
