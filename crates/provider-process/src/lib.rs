@@ -195,25 +195,27 @@ impl Provider for ProcessProvider {
             reason: reason.to_owned(),
             source: Some(Box::new(source)),
         };
-        if let Ok(pid) = tokio::fs::read_to_string(dir.join(PID_FILE)).await {
-            if let Ok(pid) = pid.trim().parse::<u32>() {
-                if alive(pid, &dir).await {
-                    // The child leads its own group: kill the group.
-                    let status = tokio::process::Command::new("kill")
-                        .args(["-KILL", "--", &format!("-{pid}")])
-                        .stdout(Stdio::null())
-                        .stderr(Stdio::null())
-                        .status()
-                        .await
-                        .map_err(|e| destroy_error("running kill", e))?;
-                    if !status.success() && alive(pid, &dir).await {
-                        return Err(ProviderError::Destroy {
-                            runner_id: runner_id.clone(),
-                            reason: format!("kill -KILL -{pid} failed"),
-                            source: None,
-                        });
-                    }
-                }
+        let pid = tokio::fs::read_to_string(dir.join(PID_FILE))
+            .await
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        if let Some(pid) = pid
+            && alive(pid, &dir).await
+        {
+            // The child leads its own group: kill the group.
+            let status = tokio::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .map_err(|e| destroy_error("running kill", e))?;
+            if !status.success() && alive(pid, &dir).await {
+                return Err(ProviderError::Destroy {
+                    runner_id: runner_id.clone(),
+                    reason: format!("kill -KILL -{pid} failed"),
+                    source: None,
+                });
             }
         }
         match tokio::fs::remove_dir_all(&dir).await {

@@ -92,10 +92,10 @@ pub(crate) async fn execute(
             _ => None,
         })
         .collect();
-    if !reasons.is_empty() {
-        if let Err(e) = lc.store.job_reason_set_batch(&reasons, chrono::Utc::now()).await {
-            errors.push(chain(&e));
-        }
+    if !reasons.is_empty()
+        && let Err(e) = lc.store.job_reason_set_batch(&reasons, chrono::Utc::now()).await
+    {
+        errors.push(chain(&e));
     }
     for action in actions {
         let result = match action {
@@ -398,12 +398,11 @@ async fn runner_teardown_steps(
     if runner.state != RunnerState::Draining {
         // Never a busy runner: a runner without a job may have been given
         // one since the snapshot. One that ran its job cannot take another.
-        if runner.job.is_none() {
-            if let Some(registration) = registration_find(lc, &runner).await? {
-                if registration.busy {
-                    return keep_busy(lc, &mut runner, "GitHub says it is busy").await;
-                }
-            }
+        if runner.job.is_none()
+            && let Some(registration) = registration_find(lc, &runner).await?
+            && registration.busy
+        {
+            return keep_busy(lc, &mut runner, "GitHub says it is busy").await;
         }
         let applied = transition(lc, &mut runner, Some(("draining", reason)), |r| {
             r.state = RunnerState::Draining;
@@ -508,7 +507,7 @@ async fn orphan_instance_destroy(lc: &Lifecycle, pool: &PoolName, runner: &Runne
             event(lc, runner, "gone", "orphan instance (not in the store)").await;
         }
         Ok(Err(e)) => {
-            tracing::warn!(runner_id = %runner, error = %chain(&e), "Orphan destroy failed.")
+            tracing::warn!(runner_id = %runner, error = %chain(&e), "Orphan destroy failed.");
         }
         Err(_) => tracing::warn!(runner_id = %runner, "Orphan destroy timed out."),
     }
@@ -532,7 +531,7 @@ async fn orphan_registration_delete(lc: &Lifecycle, github_id: i64, name: &str) 
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(runner_id = %name, error = %chain(&e), "Orphan registration delete failed.")
+            tracing::warn!(runner_id = %name, error = %chain(&e), "Orphan registration delete failed.");
         }
     }
 }

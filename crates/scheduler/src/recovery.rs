@@ -66,7 +66,7 @@ impl Lifecycle {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %chain(&e), "Recovery pass stopped early; the next one retries.")
+                        tracing::warn!(error = %chain(&e), "Recovery pass stopped early; the next one retries.");
                     }
                 }
             }
@@ -88,10 +88,7 @@ impl Lifecycle {
                     .into_iter()
                     .map(|j| {
                         let runner = j.record.fields.runner.as_ref().map(|r| r.name.clone());
-                        (
-                            j.record.fields.id,
-                            (j.record.state, j.record.fields.repository.clone(), runner),
-                        )
+                        (j.record.fields.id, (j.record.state, j.record.fields.repository, runner))
                     })
                     .collect(),
                 Err(e) => {

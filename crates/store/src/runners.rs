@@ -59,6 +59,9 @@ impl Store {
                 .execute(&mut *tx)
                 .await
                 .map_err(StoreError::query("inserting a runner"))?;
+            if result.rows_affected() == 0 {
+                continue;
+            }
             inserted += result.rows_affected();
             event_query(&runner.id, runner.created_at, "created", message)
                 .execute(&mut *tx)

@@ -69,6 +69,7 @@ store_suite!(
     job_notes_and_active_jobs,
 );
 
+#[path = "suite/runners.rs"]
 mod runners;
 use runners::{job_notes_and_active_jobs, runner_writes_follow_the_state_machine_and_generations};
 
