@@ -31,6 +31,9 @@ enum Command {
     Jobs(cmd::jobs::ListArgs),
     /// Show one job and its timeline.
     Job(cmd::jobs::ViewArgs),
+    /// Reproducible measurements (see docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
 }
 
 /// Where `--config` points, else `HANGAR_CONFIG`, else `./hangar.toml` when
@@ -49,6 +52,7 @@ fn main() -> Result<()> {
             Command::Config(command) => cmd::config::run(command),
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
+            Command::Bench(command) => cmd::bench::run(command).await,
         }
     })
 }
