@@ -31,6 +31,8 @@ enum Command {
     Jobs(cmd::jobs::ListArgs),
     /// Show one job and its timeline.
     Job(cmd::jobs::ViewArgs),
+    /// Run the simulator, hangar and the process provider together on a burst of jobs.
+    Demo(cmd::demo::Args),
     /// Reproducible measurements (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -53,6 +55,7 @@ fn main() -> Result<()> {
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
             Command::Bench(command) => cmd::bench::run(command).await,
+            Command::Demo(args) => cmd::demo::run(args).await,
         }
     })
 }
