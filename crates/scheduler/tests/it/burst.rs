@@ -29,9 +29,15 @@ fn queue(world: &World, n: usize) -> Vec<i64> {
 /// finds nothing to do when no webhook is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_jobs_across_two_pools_complete_and_nothing_is_left() {
-    let mut world =
-        World::start_with(SimConfig::default(), config(), two_pools(), Runners::Process, true)
-            .await;
+    let mut world = World::start_with(
+        SimConfig::default(),
+        config(),
+        two_pools(),
+        Runners::Process,
+        true,
+        None,
+    )
+    .await;
     let jobs = queue(&world, 200);
     world.run(true);
     world.wait_all_completed(&jobs, Duration::from_secs(240)).await;
@@ -63,6 +69,7 @@ async fn with_thirty_percent_of_webhooks_lost_every_job_completes() {
         two_pools(),
         Runners::Process,
         true,
+        None,
     )
     .await;
     let jobs = queue(&world, 60);
@@ -88,6 +95,7 @@ async fn api_failures_timeouts_and_rate_limits_do_not_lose_jobs_or_leak() {
         two_pools(),
         Runners::Process,
         true,
+        None,
     )
     .await;
     let jobs = queue(&world, 40);
@@ -156,4 +164,27 @@ async fn a_stolen_runner_is_recorded_and_its_job_still_gets_one() {
     world.webhook(thief).await;
     world.webhook(victim).await;
     world.wait_nothing_left(Duration::from_secs(60)).await;
+}
+
+/// With GitHub App auth, recovery also scans the App's delivery log and
+/// asks GitHub to redeliver what failed; redeliveries and polling are
+/// deduplicated by job id (one runner registration per job).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_app_auth_failed_deliveries_are_redelivered() {
+    let faults = Faults { webhook_drop: 0.5, ..Faults::default() };
+    let mut world = World::start_with(
+        SimConfig { faults, ..SimConfig::default() },
+        config(),
+        two_pools(),
+        Runners::Process,
+        true,
+        Some(hangar_simulator::app_key_generate()),
+    )
+    .await;
+    let jobs = queue(&world, 12);
+    world.run(true);
+    world.wait_all_completed(&jobs, Duration::from_secs(120)).await;
+    world.wait_nothing_left(Duration::from_secs(90)).await;
+    let counters = world.sim.counters();
+    assert!(counters.redeliveries > 0, "{counters:?}");
 }

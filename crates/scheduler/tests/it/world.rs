@@ -69,7 +69,7 @@ impl World {
         pools: Vec<PoolConfig>,
         runners: Runners,
     ) -> World {
-        World::start_with(sim_config, config, pools, runners, false).await
+        World::start_with(sim_config, config, pools, runners, false, None).await
     }
 
     /// With `webhooks`, hangar's real intake (`hangar_server::router`)
@@ -81,6 +81,7 @@ impl World {
         pools: Vec<PoolConfig>,
         runners: Runners,
         webhooks: bool,
+        app: Option<hangar_simulator::AppKeyPair>,
     ) -> World {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
@@ -104,9 +105,9 @@ impl World {
         let webhook_url = if webhooks {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
             let addr = listener.local_addr().expect("addr");
-            let app = hangar_server::router(state);
+            let router = hangar_server::router(state);
             tasks.push(tokio::spawn(async move {
-                axum::serve(listener, app).await.expect("intake serves");
+                axum::serve(listener, router).await.expect("intake serves");
             }));
             Some(format!("http://{addr}/webhook"))
         } else {
@@ -116,12 +117,23 @@ impl World {
             long_poll: Duration::from_millis(500),
             runner_lost_after: Duration::from_secs(10),
             webhook_url,
+            app: app.as_ref().map(|key| hangar_simulator::SimApp {
+                app_id: "123".into(),
+                public_key_pem: key.public_pem.clone(),
+            }),
             ..sim_config
         })
         .await
         .expect("simulator starts");
-        let mut client =
-            ClientConfig::new(sim.api_url(), Auth::Token(Secret::new(SimConfig::DEFAULT_PAT)));
+        let auth = match &app {
+            Some(key) => Auth::App(hangar_github::AppCredentials {
+                app_id: "123".into(),
+                installation_id: 4242,
+                private_key_pem: Secret::new(key.private_pem.clone()),
+            }),
+            None => Auth::Token(Secret::new(SimConfig::DEFAULT_PAT)),
+        };
+        let mut client = ClientConfig::new(sim.api_url(), auth);
         client.request_timeout = Duration::from_secs(3);
         client.retry_base = Duration::from_millis(20);
         client.max_retries = 6;
