@@ -20,6 +20,7 @@
 //! Every state change is a conditional write on the row's generation and
 //! reports whether it applied (`jobs::job_write`).
 
+mod batch;
 mod error;
 mod jobs;
 mod writer;
