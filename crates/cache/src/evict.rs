@@ -161,7 +161,7 @@ mod tests {
             entry(1, 1, 10, 0, r),                      // unused past the TTL
             entry(2, 1, 60, 500, r),                    // LRU in repo 1, over cap
             entry(3, 1, 50, 900, r),                    // kept
-            entry(4, 2, 100, 100, r),                   // repo 2 fits exactly
+            entry(4, 2, 100, 300, r),                   // repo 2 fits exactly
             entry(5, 2, 0, 10, EntryState::Uploading),  // abandoned
             entry(6, 2, 0, 990, EntryState::Uploading), // still uploading
         ];
