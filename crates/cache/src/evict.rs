@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::index::{CacheEntry, EntryState};
+use crate::index::{CacheEntry, CacheEntryState};
 use crate::service::{CacheError, CacheService};
 
 /// Why an entry was (or would be) evicted.
@@ -54,14 +54,14 @@ pub fn plan(
     let mut kept: BTreeMap<i64, Vec<&CacheEntry>> = BTreeMap::new();
     for e in entries {
         match e.state {
-            EntryState::Uploading if e.created_at + upload_timeout_ms < now => {
+            CacheEntryState::Uploading if e.created_at + upload_timeout_ms < now => {
                 out.push((e.clone(), EvictReason::Abandoned));
             }
-            EntryState::Uploading => {}
-            EntryState::Ready if e.last_used_at + ttl_ms < now => {
+            CacheEntryState::Uploading => {}
+            CacheEntryState::Ready if e.last_used_at + ttl_ms < now => {
                 out.push((e.clone(), EvictReason::Unused))
             }
-            EntryState::Ready => kept.entry(e.repository_id).or_default().push(e),
+            CacheEntryState::Ready => kept.entry(e.repository_id).or_default().push(e),
         }
     }
     for list in kept.values_mut() {
@@ -135,7 +135,7 @@ pub fn spawn_schedule(service: CacheService) -> tokio::task::JoinHandle<()> {
 mod tests {
     use super::*;
 
-    fn entry(id: i64, repo: i64, size: u64, last_used: i64, state: EntryState) -> CacheEntry {
+    fn entry(id: i64, repo: i64, size: u64, last_used: i64, state: CacheEntryState) -> CacheEntry {
         CacheEntry {
             id,
             repository_id: repo,
@@ -156,14 +156,14 @@ mod tests {
 
     #[test]
     fn ttl_cap_and_abandoned_uploads() {
-        let r = EntryState::Ready;
+        let r = CacheEntryState::Ready;
         let entries = vec![
-            entry(1, 1, 10, 0, r),                      // unused past the TTL
-            entry(2, 1, 60, 500, r),                    // LRU in repo 1, over cap
-            entry(3, 1, 50, 900, r),                    // kept
-            entry(4, 2, 100, 300, r),                   // repo 2 fits exactly
-            entry(5, 2, 0, 10, EntryState::Uploading),  // abandoned
-            entry(6, 2, 0, 990, EntryState::Uploading), // still uploading
+            entry(1, 1, 10, 0, r),                           // unused past the TTL
+            entry(2, 1, 60, 500, r),                         // LRU in repo 1, over cap
+            entry(3, 1, 50, 900, r),                         // kept
+            entry(4, 2, 100, 300, r),                        // repo 2 fits exactly
+            entry(5, 2, 0, 10, CacheEntryState::Uploading),  // abandoned
+            entry(6, 2, 0, 990, CacheEntryState::Uploading), // still uploading
         ];
         let got: Vec<(i64, EvictReason)> =
             plan(&entries, 1000, 800, 100, 100).into_iter().map(|(e, r)| (e.id, r)).collect();

@@ -1,8 +1,8 @@
 //! The cache's metadata: which entries exist, in which state, and how much
 //! they are used. A small trait so the protocol can be tested against a fake;
 //! the real implementation is `hangar_store::Store` (the only crate that
-//! holds SQL), adapted in `store_index.rs`. Both run the same conformance
-//! suite (`tests/index_conformance.rs` here, `crates/store/tests` there).
+//! holds SQL), adapted below. All run one conformance suite
+//! (`tests/index_conformance.rs`: the fake, SQLite and PostgreSQL).
 //!
 //! Entry lifecycle (the only transitions):
 //!
@@ -22,61 +22,10 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
+pub use hangar_store::{CacheEntry, CacheEntryState, CacheRepoStats, NewCacheEntry};
+
 /// Unix time in milliseconds.
 pub type Millis = i64;
-
-/// Whether an entry can be served.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryState {
-    /// Reserved; parts are being uploaded. Never served.
-    Uploading,
-    /// Committed: all parts present and the size verified.
-    Ready,
-}
-
-/// A reservation request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewEntry {
-    pub repository_id: i64,
-    pub scope: String,
-    pub key: String,
-    pub version: String,
-    /// Where the entry's parts live in the blob store (unique per entry).
-    pub blob_prefix: String,
-    pub now: Millis,
-}
-
-/// One cache entry as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CacheEntry {
-    pub id: i64,
-    pub repository_id: i64,
-    pub scope: String,
-    pub key: String,
-    pub version: String,
-    pub blob_prefix: String,
-    pub state: EntryState,
-    /// Bytes; 0 until committed.
-    pub size: u64,
-    /// The blob's parts in order, `key<TAB>size` per line; empty until committed.
-    pub manifest: String,
-    pub created_at: Millis,
-    pub committed_at: Option<Millis>,
-    pub last_used_at: Millis,
-    pub hits: u64,
-    pub bytes_served: u64,
-}
-
-/// Per-repository usage counters.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RepoStats {
-    pub repository_id: i64,
-    pub entries: u64,
-    pub bytes: u64,
-    pub lookups: u64,
-    pub hits: u64,
-    pub bytes_served: u64,
-}
 
 /// Errors of a metadata backend.
 #[derive(Debug, thiserror::Error)]
@@ -91,7 +40,7 @@ pub enum IndexError {
 #[async_trait]
 pub trait CacheIndex: Send + Sync + 'static {
     /// Reserves a new entry in state `Uploading`; `Conflict` if the identity exists.
-    async fn entry_reserve(&self, new: &NewEntry) -> Result<CacheEntry, IndexError>;
+    async fn entry_reserve(&self, new: &NewCacheEntry) -> Result<CacheEntry, IndexError>;
     async fn entry_get(&self, id: i64) -> Result<Option<CacheEntry>, IndexError>;
     /// Uploading → Ready with its size and manifest. False if the entry is
     /// missing or not `Uploading` (nothing changes then).
@@ -134,13 +83,13 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// Counts one restore lookup for a repository, and whether it hit.
     async fn lookup_record(&self, repository_id: i64, hit: bool) -> Result<(), IndexError>;
     /// Usage per repository (repositories with entries or lookups), by id.
-    async fn repo_stats(&self) -> Result<Vec<RepoStats>, IndexError>;
+    async fn repo_stats(&self) -> Result<Vec<CacheRepoStats>, IndexError>;
 }
 
-/// Lower-cases a key for comparison (Unicode-aware, done here rather than in
-/// SQL so every backend agrees).
+/// Lower-cases a key for comparison (Unicode-aware, done in Rust rather than
+/// in SQL so every backend agrees).
 pub fn key_norm(key: &str) -> String {
-    key.to_lowercase()
+    hangar_store::cache_key_norm(key)
 }
 
 /// An in-memory [`CacheIndex`] for tests.
@@ -177,7 +126,7 @@ fn same_identity(
 
 #[async_trait]
 impl CacheIndex for MemIndex {
-    async fn entry_reserve(&self, new: &NewEntry) -> Result<CacheEntry, IndexError> {
+    async fn entry_reserve(&self, new: &NewCacheEntry) -> Result<CacheEntry, IndexError> {
         self.with(|m| {
             if m.entries
                 .values()
@@ -193,7 +142,7 @@ impl CacheIndex for MemIndex {
                 key: new.key.clone(),
                 version: new.version.clone(),
                 blob_prefix: new.blob_prefix.clone(),
-                state: EntryState::Uploading,
+                state: CacheEntryState::Uploading,
                 size: 0,
                 manifest: String::new(),
                 created_at: new.now,
@@ -219,8 +168,8 @@ impl CacheIndex for MemIndex {
         now: Millis,
     ) -> Result<bool, IndexError> {
         Ok(self.with(|m| match m.entries.get_mut(&id) {
-            Some(e) if e.state == EntryState::Uploading => {
-                e.state = EntryState::Ready;
+            Some(e) if e.state == CacheEntryState::Uploading => {
+                e.state = CacheEntryState::Ready;
                 e.size = size;
                 e.manifest = manifest.to_owned();
                 e.committed_at = Some(now);
@@ -261,7 +210,7 @@ impl CacheIndex for MemIndex {
                     e.repository_id == repository_id
                         && e.scope == scope
                         && e.version == version
-                        && e.state == EntryState::Ready
+                        && e.state == CacheEntryState::Ready
                         && key_norm(&e.key).starts_with(&prefix)
                 })
                 .max_by_key(|e| (e.committed_at, e.id))
@@ -311,9 +260,9 @@ impl CacheIndex for MemIndex {
         Ok(())
     }
 
-    async fn repo_stats(&self) -> Result<Vec<RepoStats>, IndexError> {
+    async fn repo_stats(&self) -> Result<Vec<CacheRepoStats>, IndexError> {
         Ok(self.with(|m| {
-            let mut stats: BTreeMap<i64, RepoStats> = BTreeMap::new();
+            let mut stats: BTreeMap<i64, CacheRepoStats> = BTreeMap::new();
             for e in m.entries.values() {
                 let s = stats.entry(e.repository_id).or_default();
                 s.entries += 1;
@@ -325,7 +274,82 @@ impl CacheIndex for MemIndex {
                 s.lookups = *lookups;
                 s.hits = *hits;
             }
-            stats.into_iter().map(|(repository_id, s)| RepoStats { repository_id, ..s }).collect()
+            stats
+                .into_iter()
+                .map(|(repository_id, s)| CacheRepoStats { repository_id, ..s })
+                .collect()
         }))
+    }
+}
+
+fn backend(e: hangar_store::StoreError) -> IndexError {
+    IndexError::Backend(Box::new(e))
+}
+
+/// The real index: the store's `cache_entries` table.
+#[async_trait]
+impl CacheIndex for hangar_store::Store {
+    async fn entry_reserve(&self, new: &NewCacheEntry) -> Result<CacheEntry, IndexError> {
+        self.cache_entry_reserve(new).await.map_err(backend)?.ok_or(IndexError::Conflict)
+    }
+
+    async fn entry_get(&self, id: i64) -> Result<Option<CacheEntry>, IndexError> {
+        self.cache_entry_get(id).await.map_err(backend)
+    }
+
+    async fn entry_commit(
+        &self,
+        id: i64,
+        size: u64,
+        manifest: &str,
+        now: Millis,
+    ) -> Result<bool, IndexError> {
+        self.cache_entry_commit(id, size, manifest, now).await.map_err(backend)
+    }
+
+    async fn entry_find_exact(
+        &self,
+        repository_id: i64,
+        scope: &str,
+        key: &str,
+        version: &str,
+    ) -> Result<Option<CacheEntry>, IndexError> {
+        self.cache_entry_find_exact(repository_id, scope, key, version).await.map_err(backend)
+    }
+
+    async fn entry_find_prefix(
+        &self,
+        repository_id: i64,
+        scope: &str,
+        prefix: &str,
+        version: &str,
+    ) -> Result<Option<CacheEntry>, IndexError> {
+        self.cache_entry_find_prefix(repository_id, scope, prefix, version).await.map_err(backend)
+    }
+
+    async fn entry_touch(
+        &self,
+        id: i64,
+        now: Millis,
+        hit: bool,
+        bytes: u64,
+    ) -> Result<(), IndexError> {
+        self.cache_entry_touch(id, now, hit, bytes).await.map_err(backend)
+    }
+
+    async fn entry_delete(&self, id: i64) -> Result<Option<CacheEntry>, IndexError> {
+        self.cache_entry_delete(id).await.map_err(backend)
+    }
+
+    async fn entry_list(&self, repository_id: Option<i64>) -> Result<Vec<CacheEntry>, IndexError> {
+        self.cache_entry_list(repository_id).await.map_err(backend)
+    }
+
+    async fn lookup_record(&self, repository_id: i64, hit: bool) -> Result<(), IndexError> {
+        self.cache_lookup_record(repository_id, hit).await.map_err(backend)
+    }
+
+    async fn repo_stats(&self) -> Result<Vec<CacheRepoStats>, IndexError> {
+        self.cache_repo_stats().await.map_err(backend)
     }
 }

@@ -22,7 +22,7 @@ use hangar_blobstore::{BlobError, BlobStore, ByteStream, Part};
 
 use crate::clock::Clock;
 use crate::config::Settings;
-use crate::index::{CacheEntry, CacheIndex, EntryState, IndexError, Millis, NewEntry};
+use crate::index::{CacheEntry, CacheEntryState, CacheIndex, IndexError, Millis, NewCacheEntry};
 use crate::sign::{UrlOp, UrlSigner};
 use crate::token::{Identity, TokenVerifier};
 
@@ -178,7 +178,7 @@ impl CacheService {
                 if let Some(e) =
                     self.index.entry_find_exact(who.repository_id, scope, key, version).await?
                 {
-                    if e.state == EntryState::Ready {
+                    if e.state == CacheEntryState::Ready {
                         found = Some(e);
                         break 'search;
                     }
@@ -223,7 +223,7 @@ impl CacheService {
             }
         }
         let now = self.now();
-        let new = NewEntry {
+        let new = NewCacheEntry {
             repository_id: who.repository_id,
             scope: scope.clone(),
             key: key.to_owned(),
@@ -242,7 +242,10 @@ impl CacheService {
                 let timeout =
                     i64::try_from(self.settings.upload_timeout.as_millis()).unwrap_or(i64::MAX);
                 match stale {
-                    Some(e) if e.state == EntryState::Uploading && e.created_at + timeout < now => {
+                    Some(e)
+                        if e.state == CacheEntryState::Uploading
+                            && e.created_at + timeout < now =>
+                    {
                         self.entry_remove(&e).await?;
                         Ok(self.index.entry_reserve(&new).await?)
                     }
@@ -304,8 +307,8 @@ impl CacheService {
 
     fn uploading(entry: &CacheEntry) -> Result<(), CacheError> {
         match entry.state {
-            EntryState::Uploading => Ok(()),
-            EntryState::Ready => Err(CacheError::Conflict),
+            CacheEntryState::Uploading => Ok(()),
+            CacheEntryState::Ready => Err(CacheError::Conflict),
         }
     }
 
@@ -525,7 +528,7 @@ impl CacheService {
         entry: CacheEntry,
         range: Option<std::ops::Range<u64>>,
     ) -> Result<Download, CacheError> {
-        if entry.state != EntryState::Ready {
+        if entry.state != CacheEntryState::Ready {
             return Err(CacheError::NotFound);
         }
         let parts = manifest_parts(&entry.manifest)?;
