@@ -1,5 +1,6 @@
 //! One module per subcommand.
 
+pub(crate) mod cache;
 pub(crate) mod config;
 pub(crate) mod jobs;
 pub(crate) mod serve;
