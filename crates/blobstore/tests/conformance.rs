@@ -2,6 +2,8 @@
 //! real S3-compatible server when `cargo xtask test` started one
 //! (`TEST_S3_ENDPOINT`, with the bucket in `TEST_S3_BUCKET`).
 
+#![allow(clippy::cast_possible_truncation)] // test data sizes are small
+
 use bytes::Bytes;
 use futures::TryStreamExt;
 use hangar_blobstore::{BlobError, BlobStore, Part};

@@ -125,8 +125,10 @@ impl CacheConfig {
                 });
             }
         }
-        if let Some(url) = &self.public_url {
-            if !(url.starts_with("http://") || url.starts_with("https://")) {
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            {
                 return Err(ConfigError {
                     key: "public_url",
                     value: url.clone(),

@@ -59,7 +59,7 @@ pub fn plan(
             }
             CacheEntryState::Uploading => {}
             CacheEntryState::Ready if e.last_used_at + ttl_ms < now => {
-                out.push((e.clone(), EvictReason::Unused))
+                out.push((e.clone(), EvictReason::Unused));
             }
             CacheEntryState::Ready => kept.entry(e.repository_id).or_default().push(e),
         }
@@ -123,7 +123,7 @@ pub fn spawn_schedule(service: CacheService) -> tokio::task::JoinHandle<()> {
             tokio::time::sleep(delay).await;
             match evict(&service, false).await {
                 Ok(report) => {
-                    tracing::info!(evicted = report.removed.len(), "cache: eviction pass done")
+                    tracing::info!(evicted = report.removed.len(), "cache: eviction pass done");
                 }
                 Err(e) => tracing::warn!(error = %e, "cache: eviction pass failed"),
             }

@@ -65,7 +65,7 @@ impl From<IndexError> for CacheError {
     fn from(e: IndexError) -> Self {
         match e {
             IndexError::Conflict => CacheError::Conflict,
-            other => CacheError::Index(other),
+            other @ IndexError::Backend(_) => CacheError::Index(other),
         }
     }
 }
@@ -175,13 +175,13 @@ impl CacheService {
         let mut found = None;
         'search: for scope in &who.read_scopes {
             for key in keys {
-                if let Some(e) =
-                    self.index.entry_find_exact(who.repository_id, scope, key, version).await?
+                let exact =
+                    self.index.entry_find_exact(who.repository_id, scope, key, version).await?;
+                if let Some(e) = exact
+                    && e.state == CacheEntryState::Ready
                 {
-                    if e.state == CacheEntryState::Ready {
-                        found = Some(e);
-                        break 'search;
-                    }
+                    found = Some(e);
+                    break 'search;
                 }
                 if let Some(e) =
                     self.index.entry_find_prefix(who.repository_id, scope, key, version).await?
@@ -217,10 +217,10 @@ impl CacheService {
     ) -> Result<CacheEntry, CacheError> {
         check_keys(std::slice::from_ref(&key.to_owned()), version)?;
         let scope = who.write_scope.clone().ok_or(CacheError::WriteDenied)?;
-        if let Some(size) = size {
-            if size > self.settings.max_entry_bytes {
-                return Err(CacheError::TooLarge { size, limit: self.settings.max_entry_bytes });
-            }
+        if let Some(size) = size
+            && size > self.settings.max_entry_bytes
+        {
+            return Err(CacheError::TooLarge { size, limit: self.settings.max_entry_bytes });
         }
         let now = self.now();
         let new = NewCacheEntry {

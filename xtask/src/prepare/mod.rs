@@ -37,6 +37,12 @@ pub(crate) fn all(root: &Path) -> Result<TestEnv> {
     Ok(env)
 }
 
+/// Only the npm clients (for `cargo xtask bench-cache`).
+pub(crate) fn npm_only(root: &Path, env: &mut TestEnv) -> Result<()> {
+    packages::ensure(&packages::NEEDED)?;
+    npm::prepare(root, env)
+}
+
 /// Where slow-to-rebuild test inputs are cached, outside the clone.
 pub(crate) fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("HANGAR_CACHE_DIR") {
