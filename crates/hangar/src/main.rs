@@ -32,6 +32,9 @@ enum Command {
     Job(cmd::jobs::ViewArgs),
     /// Inspect and prune the GitHub Actions cache.
     Cache(cmd::cache::Args),
+    /// Reproducible measurements (see docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
 }
 
 /// Where `--config` points, else `HANGAR_CONFIG`, else `./hangar.toml` when
@@ -51,6 +54,7 @@ fn main() -> Result<()> {
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
             Command::Cache(args) => cmd::cache::run(args).await,
+            Command::Bench(command) => cmd::bench::run(command).await,
         }
     })
 }
