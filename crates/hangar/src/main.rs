@@ -30,6 +30,8 @@ enum Command {
     Jobs(cmd::jobs::ListArgs),
     /// Show one job and its timeline.
     Job(cmd::jobs::ViewArgs),
+    /// Inspect and prune the GitHub Actions cache.
+    Cache(cmd::cache::Args),
     /// Reproducible measurements (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -51,6 +53,7 @@ fn main() -> Result<()> {
             Command::Config(command) => cmd::config::run(command),
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
+            Command::Cache(args) => cmd::cache::run(args).await,
             Command::Bench(command) => cmd::bench::run(command).await,
         }
     })
