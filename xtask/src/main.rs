@@ -5,6 +5,7 @@
 //! (see `prepare`), then runs every test, then the lints. Nothing here is a
 //! shell script, so it is checked by the compiler like the rest.
 
+mod bench_cache;
 mod prepare;
 mod tidy;
 
@@ -31,6 +32,12 @@ enum Cmd {
     },
     /// Check the architecture invariants that a command can check.
     Tidy,
+    /// Benchmark the cache server with the real client (docs/BENCHMARKS.md).
+    BenchCache {
+        /// Runs per size and operation.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+    },
 }
 
 fn main() -> Result<()> {
@@ -40,6 +47,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Test { nextest_args } => test(&root, &nextest_args),
         Cmd::Tidy => tidy::run(&root),
+        Cmd::BenchCache { runs } => bench_cache::run(&root, runs),
     }
 }
 

@@ -33,6 +33,8 @@ enum Command {
     Job(cmd::jobs::ViewArgs),
     /// Run the simulator, hangar and the process provider together on a burst of jobs.
     Demo(cmd::demo::Args),
+    /// Inspect and prune the GitHub Actions cache.
+    Cache(cmd::cache::Args),
     /// Reproducible measurements (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -54,6 +56,7 @@ fn main() -> Result<()> {
             Command::Config(command) => cmd::config::run(command),
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
+            Command::Cache(args) => cmd::cache::run(args).await,
             Command::Bench(command) => cmd::bench::run(command).await,
             Command::Demo(args) => cmd::demo::run(args).await,
         }

@@ -11,8 +11,10 @@
 //! clone under [`cache_dir`], keyed by their inputs, so a second run is fast
 //! and a fresh machine still works.
 
+mod npm;
 mod packages;
 mod postgres;
+mod s3;
 
 use std::path::{Path, PathBuf};
 
@@ -30,11 +32,18 @@ pub(crate) fn all(root: &Path) -> Result<TestEnv> {
     let mut env = TestEnv::default();
     packages::ensure(&packages::NEEDED)?;
     postgres::prepare(root, &mut env)?;
+    npm::prepare(root, &mut env)?;
+    s3::prepare(root, &mut env)?;
     Ok(env)
 }
 
+/// Only the npm clients (for `cargo xtask bench-cache`).
+pub(crate) fn npm_only(root: &Path, env: &mut TestEnv) -> Result<()> {
+    packages::ensure(&packages::NEEDED)?;
+    npm::prepare(root, env)
+}
+
 /// Where slow-to-rebuild test inputs are cached, outside the clone.
-#[allow(dead_code)] // TODO-cleanup: used once npm packages and images are prepared.
 pub(crate) fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("HANGAR_CACHE_DIR") {
         return PathBuf::from(dir);

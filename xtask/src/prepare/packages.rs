@@ -6,7 +6,16 @@ use std::process::Command;
 use anyhow::Result;
 
 /// (a command that proves the package is there, the package that provides it)
-pub(crate) const NEEDED: [(&str, &str); 1] = [("/usr/lib/postgresql", "postgresql")];
+pub(crate) const NEEDED: [(&str, &str); 6] = [
+    ("/usr/lib/postgresql", "postgresql"),
+    // The real @actions/cache client and the tools it runs.
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    ("zstd", "zstd"),
+    // The S3-compatible test server (moto) is installed into a virtualenv.
+    ("python3", "python3"),
+    ("/usr/share/doc/python3-venv", "python3-venv"),
+];
 
 pub(crate) fn ensure(needed: &[(&str, &str)]) -> Result<()> {
     let missing: Vec<&str> = needed
@@ -32,7 +41,7 @@ pub(crate) fn ensure(needed: &[(&str, &str)]) -> Result<()> {
     )
 }
 
-fn probe_exists(probe: &str) -> bool {
+pub(crate) fn probe_exists(probe: &str) -> bool {
     if probe.starts_with('/') {
         return std::path::Path::new(probe).exists();
     }
