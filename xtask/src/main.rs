@@ -31,6 +31,8 @@ enum Cmd {
     },
     /// Check the architecture invariants that a command can check.
     Tidy,
+    /// Only prepare what the tests need; print the environment as `export` lines.
+    Prepare,
 }
 
 fn main() -> Result<()> {
@@ -40,6 +42,15 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Test { nextest_args } => test(&root, &nextest_args),
         Cmd::Tidy => tidy::run(&root),
+        Cmd::Prepare => {
+            let env = prepare::all(&root)?;
+            for (k, v) in &env.vars {
+                println!("export {k}={v:?}");
+            }
+            // Servers started for the tests stop here; `cargo xtask test` keeps them.
+            drop(env);
+            Ok(())
+        }
     }
 }
 

@@ -260,12 +260,51 @@ impl MicrovmProvider {
         self.inner.hot.lock().expect("hot lock").iter().filter_map(|vm| vm.pid).collect()
     }
 
-    /// Stops the pre-booted pool and destroys its VMs (runner VMs stay).
+    /// Stops the pre-booted pool and destroys its VMs (runner VMs stay;
+    /// the pool's firewall table goes when no runner VM is left).
     pub async fn shutdown(&self) {
         let hot: Vec<Arc<Vm>> = std::mem::take(&mut *self.inner.hot.lock().expect("hot lock"));
         for vm in hot {
             self.inner.vm_destroy(&vm).await;
         }
+        if let Some(network) = &self.inner.network {
+            if self.inner.runners.lock().expect("runners lock").is_empty() && self.inner.disk_vms().is_empty() {
+                network.firewall_remove();
+            }
+        }
+    }
+
+    /// Boots a VM to idle and saves it (state + frozen disk) under `dir`.
+    pub async fn snapshot_create(&self, dir: &Path) -> Result<bench::Snapshot, MicrovmError> {
+        let inner = &self.inner;
+        let vm = inner.vm_boot(None, None).await?;
+        let timeout = Duration::from_secs(inner.config.boot_timeout_secs);
+        if !wait_idle(&vm, timeout).await {
+            inner.vm_destroy(&vm).await;
+            return Err(MicrovmError::Vmm(vmm::VmmError::Timeout));
+        }
+        let snapshot = bench::Snapshot { state: dir.join("state.bin"), disk: dir.join("disk.qcow2") };
+        let saved = inner.vmm.snapshot_save(&vm.plan, &snapshot.state).await;
+        if saved.is_ok() {
+            // QEMU holds the overlay open; the name moves, the VM is paused.
+            std::fs::rename(&vm.plan.disk, &snapshot.disk).map_err(io_err("freezing the disk to", &snapshot.disk))?;
+        }
+        inner.vm_destroy(&vm).await;
+        saved?;
+        Ok(snapshot)
+    }
+
+    /// Restores one VM from `snapshot`, waits for its agent's `ready`,
+    /// destroys it; returns launch → ready.
+    pub async fn snapshot_restore_ready(&self, snapshot: &bench::Snapshot) -> Result<Duration, MicrovmError> {
+        let inner = &self.inner;
+        let t0 = Instant::now();
+        let vm = inner.vm_boot(None, Some(snapshot)).await?;
+        let timeout = Duration::from_secs(inner.config.boot_timeout_secs);
+        let ok = wait_idle(&vm, timeout).await;
+        let elapsed = t0.elapsed();
+        inner.vm_destroy(&vm).await;
+        if ok { Ok(elapsed) } else { Err(MicrovmError::Vmm(vmm::VmmError::Timeout)) }
     }
 
     /// The full QEMU argv a plan would use (for tests and `--dry-run`).
@@ -384,6 +423,13 @@ impl Provider for MicrovmProvider {
             Err(e) => Health { ok: false, message: format!("{} cannot run: {e}", c.qemu.display()) },
         }
     }
+}
+
+/// Waits until the VM leaves `Booting`; true when it became `Idle`.
+async fn wait_idle(vm: &Vm, timeout: Duration) -> bool {
+    let mut rx = vm.state.subscribe();
+    let res = tokio::time::timeout(timeout, rx.wait_for(|s| *s != VmState::Booting)).await;
+    matches!(res, Ok(Ok(ref state)) if **state == VmState::Idle)
 }
 
 fn launch_error(

@@ -208,11 +208,6 @@ impl Network {
         }
         let _ = run("ip", &["link", "del", &ifname]);
     }
-
-    /// Whether the tap of a VM exists (for tests).
-    pub(crate) fn tap_exists(&self, vm_id: &str) -> bool {
-        Path::new("/sys/class/net").join(self.ifname(vm_id)).exists()
-    }
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), NetError> {

@@ -11,6 +11,7 @@
 //! clone under [`cache_dir`], keyed by their inputs, so a second run is fast
 //! and a fresh machine still works.
 
+mod images;
 mod packages;
 mod postgres;
 
@@ -30,11 +31,11 @@ pub(crate) fn all(root: &Path) -> Result<TestEnv> {
     let mut env = TestEnv::default();
     packages::ensure(&packages::NEEDED)?;
     postgres::prepare(root, &mut env)?;
+    images::prepare(root, &mut env)?;
     Ok(env)
 }
 
 /// Where slow-to-rebuild test inputs are cached, outside the clone.
-#[allow(dead_code)] // TODO-cleanup: used once npm packages and images are prepared.
 pub(crate) fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("HANGAR_CACHE_DIR") {
         return PathBuf::from(dir);
