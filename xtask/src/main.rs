@@ -33,6 +33,16 @@ enum Cmd {
     Tidy,
     /// Only prepare what the tests need; print the environment as `export` lines.
     Prepare,
+    /// Benchmarks (interim home until `hangar bench` exists): `bench microvm --runs N --json`.
+    Bench {
+        /// What to measure: `microvm`.
+        what: String,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -42,6 +52,10 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Test { nextest_args } => test(&root, &nextest_args),
         Cmd::Tidy => tidy::run(&root),
+        Cmd::Bench { what, runs, json } => match what.as_str() {
+            "microvm" => prepare::images::bench_microvm(&root, runs, json),
+            other => anyhow::bail!("unknown benchmark {other:?} (known: microvm)"),
+        },
         Cmd::Prepare => {
             let env = prepare::all(&root)?;
             for (k, v) in &env.vars {

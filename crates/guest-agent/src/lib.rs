@@ -58,11 +58,7 @@ pub struct AgentConfig {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
     /// Start the runner. Sent once per VM.
-    Start {
-        runner_id: String,
-        jit_config: String,
-        env: Vec<(String, String)>,
-    },
+    Start { runner_id: String, jit_config: String, env: Vec<(String, String)> },
     /// Asks an idle agent to say `ready` again.
     Ping,
 }
@@ -118,7 +114,8 @@ mod tests {
         assert!(String::from_utf8_lossy(&line).starts_with(r#"{"type":"start""#));
         let back: HostMessage = serde_json::from_slice(&line).unwrap();
         assert_eq!(back, start);
-        let exited: GuestMessage = serde_json::from_str(r#"{"type":"runner_exited","code":3}"#).unwrap();
+        let exited: GuestMessage =
+            serde_json::from_str(r#"{"type":"runner_exited","code":3}"#).unwrap();
         assert_eq!(exited, GuestMessage::RunnerExited { code: Some(3) });
     }
 

@@ -66,7 +66,7 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         let n = reader.read_line(&mut line).map_err(|e| format!("reading the port: {e}"))?;
         if n == 0 {
             // The host end is not connected (e.g. during a snapshot); wait.
-            std::thread::sleep(Duration::from_millis(20));
+            pause(Duration::from_millis(20));
             continue;
         }
         match serde_json::from_str::<HostMessage>(line.trim()) {
@@ -164,7 +164,12 @@ fn mount_basics() {
         ("proc", "/proc", nosuid | MsFlags::MS_NOEXEC, None),
         ("sysfs", "/sys", nosuid | MsFlags::MS_NOEXEC, None),
         ("devtmpfs", "/dev", MsFlags::MS_NOSUID, None),
-        ("devpts", "/dev/pts", MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC, Some("mode=620,ptmxmode=666")),
+        (
+            "devpts",
+            "/dev/pts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=620,ptmxmode=666"),
+        ),
         ("tmpfs", "/dev/shm", nosuid, Some("mode=1777")),
         ("tmpfs", "/run", nosuid, Some("mode=755")),
         ("tmpfs", "/tmp", nosuid, Some("mode=1777")),
@@ -173,11 +178,10 @@ fn mount_basics() {
     for (fstype, target, flags, data) in mounts {
         let _ = std::fs::create_dir_all(target);
         // EBUSY (already mounted, e.g. /dev by DEVTMPFS_MOUNT) is fine.
-        if let Err(e) = mount(Some(fstype), target, Some(fstype), flags, data) {
-            if e != nix::errno::Errno::EBUSY {
+        if let Err(e) = mount(Some(fstype), target, Some(fstype), flags, data)
+            && e != nix::errno::Errno::EBUSY {
                 log(&format!("mounting {target}: {e}"));
             }
-        }
     }
     let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
 }
@@ -186,8 +190,13 @@ fn mount_basics() {
 /// configures eth0 (addresses are not secret). Without it the VM has only
 /// loopback.
 fn network_up(cmdline: &str) -> Result<(), String> {
+    // PID 1 gets no PATH from the kernel.
+    let ip_binary = ["/usr/sbin/ip", "/usr/bin/ip", "/sbin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("the image has no `ip` (iproute2)")?;
     let ip = |args: &[&str]| -> Result<(), String> {
-        let status = Command::new("ip")
+        let status = Command::new(ip_binary)
             .args(args)
             .status()
             .map_err(|e| format!("running ip {}: {e}", args.join(" ")))?;
@@ -233,7 +242,7 @@ fn find_port(timeout: Duration) -> Result<PathBuf, String> {
         if Instant::now() > deadline {
             return Err(format!("no virtio-serial port named {PORT_NAME} within {timeout:?}"));
         }
-        std::thread::sleep(Duration::from_millis(10));
+        pause(Duration::from_millis(10));
     }
 }
 
@@ -241,6 +250,7 @@ fn start_dockerd(dockerd: &str) -> Result<(), String> {
     let log_file = File::create("/var/log/dockerd.log").map_err(|e| format!("dockerd log: {e}"))?;
     let err_file = log_file.try_clone().map_err(|e| format!("dockerd log: {e}"))?;
     Command::new(dockerd)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .stdin(Stdio::null())
         .stdout(log_file)
         .stderr(err_file)
@@ -251,10 +261,18 @@ fn start_dockerd(dockerd: &str) -> Result<(), String> {
         if Instant::now() > deadline {
             return Err("dockerd did not create /var/run/docker.sock within 60 s".into());
         }
-        std::thread::sleep(Duration::from_millis(50));
+        pause(Duration::from_millis(50));
     }
     log("dockerd is up");
     Ok(())
+}
+
+/// The agent is plain threads-free std code with no async runtime, so the
+/// workspace rule against `std::thread::sleep` (it blocks runtime threads)
+/// does not apply here.
+#[allow(clippy::disallowed_methods)]
+fn pause(duration: Duration) {
+    std::thread::sleep(duration);
 }
 
 fn power_off(is_init: bool) {
@@ -266,6 +284,6 @@ fn power_off(is_init: bool) {
     let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
     // Not reached; PID 1 must never return.
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        pause(Duration::from_secs(3600));
     }
 }

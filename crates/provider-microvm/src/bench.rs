@@ -42,12 +42,18 @@ impl Stat {
             return None;
         }
         xs.sort_by(f64::total_cmp);
-        let pick = |q: f64| {
+        let pick = |percent: usize| {
             // Nearest rank.
-            let rank = (q * xs.len() as f64).ceil().max(1.0) as usize;
+            let rank = (percent * xs.len()).div_ceil(100).max(1);
             xs[rank.min(xs.len()) - 1]
         };
-        Some(Stat { p50: pick(0.5), p99: pick(0.99), min: xs[0], max: xs[xs.len() - 1], n: xs.len() })
+        Some(Stat {
+            p50: pick(50),
+            p99: pick(99),
+            min: xs[0],
+            max: xs[xs.len() - 1],
+            n: xs.len(),
+        })
     }
 }
 
@@ -119,7 +125,8 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
     };
 
     // Cold boots, one at a time.
-    let cold = MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
+    let cold =
+        MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
     report.accel = format!("{:?}", cold.accel()).to_lowercase();
     let mut xs = Vec::new();
     for _ in 0..runs {
@@ -128,7 +135,9 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
         if cold.launch(&spec).await.is_err() {
             continue;
         }
-        if let Some(ready) = poll(timeout, || cold.timings(&spec.runner_id).and_then(|t| t.ready)).await {
+        if let Some(ready) =
+            poll(timeout, || cold.timings(&spec.runner_id).and_then(|t| t.ready)).await
+        {
             xs.push(ms(ready - t0));
         }
         wait_exited(&cold, &spec.runner_id, timeout).await;
@@ -137,9 +146,11 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
     report.cold_boot_ms = Stat::of(xs);
 
     // 4 at once.
-    let four =
-        MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, max_parallel_boots: Some(4), ..base.clone() })
-            .await?;
+    let four = MicrovmProvider::new(
+        pool.clone(),
+        MicrovmConfig { min_hot: 0, max_parallel_boots: Some(4), ..base.clone() },
+    )
+    .await?;
     let mut xs = Vec::new();
     for _ in 0..runs.div_ceil(4).max(1) {
         let specs: Vec<RunnerSpec> = (0..4).map(|_| bench_spec(&pool)).collect();
@@ -148,7 +159,9 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
             let _ = four.launch(spec).await;
         }
         for spec in &specs {
-            if let Some(ready) = poll(timeout, || four.timings(&spec.runner_id).and_then(|t| t.ready)).await {
+            if let Some(ready) =
+                poll(timeout, || four.timings(&spec.runner_id).and_then(|t| t.ready)).await
+            {
                 xs.push(ms(ready - t0));
             }
         }
@@ -160,7 +173,8 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
     report.boot_4_at_once_ms = Stat::of(xs);
 
     // Pre-booted: dispatch, launch → runner started, idle RSS.
-    let hot = MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 1, ..base.clone() }).await?;
+    let hot =
+        MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 1, ..base.clone() }).await?;
     let (mut dispatch, mut launch_started, mut rss) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..runs {
         if poll(timeout, || (hot.hot_idle() >= 1).then_some(())).await.is_none() {
@@ -200,7 +214,8 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
         path: snap_dir.clone(),
         source,
     })?;
-    let restorer = MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
+    let restorer =
+        MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
     match restorer.snapshot_create(&snap_dir).await {
         Ok(snapshot) => {
             report.snapshot_state_mib =
@@ -224,7 +239,10 @@ async fn wait_exited(provider: &MicrovmProvider, id: &RunnerId, timeout: Duratio
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
         let list = provider.list().await.unwrap_or_default();
-        if list.iter().any(|i| &i.runner_id == id && matches!(i.state, InstanceState::Exited { .. })) {
+        if list
+            .iter()
+            .any(|i| &i.runner_id == id && matches!(i.state, InstanceState::Exited { .. }))
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -233,6 +251,12 @@ async fn wait_exited(provider: &MicrovmProvider, id: &RunnerId, timeout: Duratio
 
 fn rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
     Some(kib / 1024.0)
 }

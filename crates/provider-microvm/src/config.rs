@@ -130,8 +130,10 @@ mod tests {
         assert_eq!(config.vcpus, 2);
         assert_eq!(config.min_hot, 2);
         assert!(matches!(config.network, NetworkConfig::Nat { ref allow, .. } if allow.len() == 1));
-        let err = toml::from_str::<MicrovmConfig>("kernel = \"/k\"\nrootfs = \"/r\"\nstate_dir = \"/s\"\ncpus = 3\n")
-            .unwrap_err();
+        let err = toml::from_str::<MicrovmConfig>(
+            "kernel = \"/k\"\nrootfs = \"/r\"\nstate_dir = \"/s\"\ncpus = 3\n",
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("unknown field `cpus`"), "{err}");
     }
 }

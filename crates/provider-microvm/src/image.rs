@@ -171,7 +171,10 @@ impl ImageSpec {
     fn fragments(&self) -> Result<Vec<(&'static str, &'static str)>, ImageError> {
         let mut out = vec![KERNEL_FRAGMENTS[0]];
         for name in &self.kernel_fragments {
-            let f = KERNEL_FRAGMENTS.iter().find(|(n, _)| n == name).ok_or_else(|| ImageError::Fragment(name.clone()))?;
+            let f = KERNEL_FRAGMENTS
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| ImageError::Fragment(name.clone()))?;
             if !out.contains(f) {
                 out.push(*f);
             }
@@ -209,12 +212,11 @@ pub fn image_build(
     let key = hex::encode(h.finalize())[..16].to_owned();
     let dir = cache.join("images").join(format!("{}-{key}", spec.name));
     let info_path = dir.join("image.json");
-    if let Ok(text) = std::fs::read_to_string(&info_path) {
-        if let Ok(info) = serde_json::from_str::<ImageInfo>(&text) {
+    if let Ok(text) = std::fs::read_to_string(&info_path)
+        && let Ok(info) = serde_json::from_str::<ImageInfo>(&text) {
             progress.done(&format!("image {} is cached at {}", spec.name, dir.display()));
             return Ok(info);
         }
-    }
 
     progress.step(2, total, "installing the agent and the runner");
     let work = temp_sibling(&dir)?;
@@ -223,13 +225,20 @@ pub fn image_build(
     let agent_dest = root.join(hangar_guest_agent::AGENT_PATH.trim_start_matches('/'));
     write_file(&agent_dest, &agent_bytes, 0o755)?;
     let config_dest = root.join(hangar_guest_agent::CONFIG_PATH.trim_start_matches('/'));
-    write_file(&config_dest, &serde_json::to_vec_pretty(&config).expect("config serializes"), 0o644)?;
+    write_file(
+        &config_dest,
+        &serde_json::to_vec_pretty(&config).expect("config serializes"),
+        0o644,
+    )?;
     runner_install(&root, &spec.runner)?;
 
     progress.step(3, total, "packing rootfs.raw (mkfs.ext4)");
     let rootfs = work.join("rootfs.raw");
     run(Command::new("truncate").arg("-s").arg(format!("{}M", spec.size_mib)).arg(&rootfs))?;
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-L", "hangar-root", "-d"]).arg(&root).arg(&rootfs))?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "hangar-root", "-d"])
+        .arg(&root)
+        .arg(&rootfs))?;
     std::fs::remove_dir_all(&root).map_err(io("removing", &root))?;
     set_mode(&rootfs, 0o444)?;
     let kernel_link = work.join("vmlinux");
@@ -263,6 +272,38 @@ pub fn image_list(cache: &Path) -> Vec<ImageInfo> {
         .collect();
     images.sort_by(|a, b| b.built_at.cmp(&a.built_at));
     images
+}
+
+/// `hangar image ls` as text: one line per cached image.
+pub fn image_list_text(cache: &Path) -> String {
+    let images = image_list(cache);
+    if images.is_empty() {
+        return format!(
+            "no images in {} (build one with `hangar image build SPEC`)\n",
+            cache.display()
+        );
+    }
+    let mut out =
+        format!("{:<20} {:<17} {:>9} {:<26} {}\n", "NAME", "KEY", "SIZE", "BUILT", "ROOTFS");
+    for i in images {
+        out.push_str(&format!(
+            "{:<20} {:<17} {:>7}Mi {:<26} {}\n",
+            i.name,
+            i.key,
+            i.size_bytes / (1024 * 1024),
+            i.built_at.get(..19).unwrap_or(&i.built_at),
+            i.rootfs.display()
+        ));
+    }
+    out
+}
+
+/// The guest agent binary `hangar image build` puts in images: the
+/// `hangar-guest-agent` installed next to the running executable.
+pub fn agent_beside_current_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let agent = exe.parent()?.join("hangar-guest-agent");
+    agent.exists().then_some(agent)
 }
 
 /// Builds (or finds) the kernel for `fragments`; returns the `vmlinux` path.
@@ -307,13 +348,19 @@ pub fn kernel_build(
         write_file(&p, text.as_bytes(), 0o644)?;
         frag_paths.push(p);
     }
-    run(Command::new("scripts/kconfig/merge_config.sh").current_dir(&src).arg("-m").arg(".config").args(&frag_paths))?;
+    run(Command::new("scripts/kconfig/merge_config.sh")
+        .current_dir(&src)
+        .arg("-m")
+        .arg(".config")
+        .args(&frag_paths))?;
     run(Command::new("make").arg("-C").arg(&src).arg("olddefconfig"))?;
     let config = std::fs::read_to_string(src.join(".config")).map_err(io("reading", &src))?;
     for (name, text) in fragments {
         for line in text.lines().filter(|l| l.starts_with("CONFIG_") && l.ends_with("=y")) {
             if !config.lines().any(|c| c == line) {
-                eprintln!("kernel: warning: {line} from {name}.config did not survive olddefconfig");
+                eprintln!(
+                    "kernel: warning: {line} from {name}.config did not survive olddefconfig"
+                );
             }
         }
     }
@@ -322,8 +369,10 @@ pub fn kernel_build(
     run(Command::new("make").arg("-C").arg(&src).arg(format!("-j{jobs}")).arg("vmlinux"))?;
     let out = work.join("out");
     std::fs::create_dir_all(&out).map_err(io("creating", &out))?;
-    std::fs::copy(src.join("vmlinux"), out.join("vmlinux")).map_err(io("copying vmlinux from", &src))?;
-    std::fs::copy(src.join(".config"), out.join("config")).map_err(io("copying .config from", &src))?;
+    std::fs::copy(src.join("vmlinux"), out.join("vmlinux"))
+        .map_err(io("copying vmlinux from", &src))?;
+    std::fs::copy(src.join(".config"), out.join("config"))
+        .map_err(io("copying .config from", &src))?;
     std::fs::write(out.join("build-seconds"), format!("{:.0}\n", started.elapsed().as_secs_f64()))
         .map_err(io("writing", &out))?;
     rename_into_place(&out, &dir)?;
@@ -373,7 +422,15 @@ fn tree_build(cache: &Path, spec: &ImageSpec) -> Result<PathBuf, ImageError> {
         .arg(&spec.suite)
         .arg(&root)
         .arg(&spec.mirror))?;
-    run(Command::new("chroot").arg(&root).args(["useradd", "-m", "-u", "1000", "-s", "/bin/bash", "runner"]))?;
+    run(Command::new("chroot").arg(&root).args([
+        "useradd",
+        "-m",
+        "-u",
+        "1000",
+        "-s",
+        "/bin/bash",
+        "runner",
+    ]))?;
     if packages.iter().any(|p| p == "docker.io") {
         run(Command::new("chroot").arg(&root).args(["usermod", "-aG", "docker", "runner"]))?;
     }
@@ -411,18 +468,21 @@ fn agent_config(spec: &ImageSpec) -> AgentConfig {
 
 fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> {
     match runner {
-        RunnerSource::TestRunner => {
-            write_file(&root.join("usr/local/bin/hangar-test-runner"), TEST_RUNNER.as_bytes(), 0o755)
-        }
+        RunnerSource::TestRunner => write_file(
+            &root.join("usr/local/bin/hangar-test-runner"),
+            TEST_RUNNER.as_bytes(),
+            0o755,
+        ),
         RunnerSource::Local { path, dest, .. } => {
             let dest = root.join(dest.trim_start_matches('/'));
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
             }
             run(Command::new("cp").arg("-a").arg(path).arg(&dest))?;
-            run(Command::new("chroot").arg(root).args(["chown", "-R", "runner:runner"]).arg(
-                Path::new("/").join(dest.strip_prefix(root).unwrap_or(&dest)),
-            ))
+            run(Command::new("chroot")
+                .arg(root)
+                .args(["chown", "-R", "runner:runner"])
+                .arg(Path::new("/").join(dest.strip_prefix(root).unwrap_or(&dest))))
         }
         RunnerSource::Release { version } => {
             let url = format!(
@@ -434,8 +494,15 @@ fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> 
             std::fs::create_dir_all(&dest).map_err(io("creating", &dest))?;
             run(Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(&dest))?;
             let _ = std::fs::remove_file(&tarball);
-            run(Command::new("chroot").arg(root).args(["/home/runner/actions-runner/bin/installdependencies.sh"]))?;
-            run(Command::new("chroot").arg(root).args(["chown", "-R", "runner:runner", "/home/runner/actions-runner"]))
+            run(Command::new("chroot")
+                .arg(root)
+                .args(["/home/runner/actions-runner/bin/installdependencies.sh"]))?;
+            run(Command::new("chroot").arg(root).args([
+                "chown",
+                "-R",
+                "runner:runner",
+                "/home/runner/actions-runner",
+            ]))
         }
     }
 }
@@ -443,8 +510,11 @@ fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> 
 fn hash_path(h: &mut Sha256, path: &Path) -> Result<(), ImageError> {
     let meta = std::fs::metadata(path).map_err(io("reading", path))?;
     if meta.is_dir() {
-        let mut entries: Vec<PathBuf> =
-            std::fs::read_dir(path).map_err(io("reading", path))?.flatten().map(|e| e.path()).collect();
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io("reading", path))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
         entries.sort();
         for e in entries {
             h.update(e.as_os_str().as_encoded_bytes());
@@ -493,7 +563,11 @@ fn rename_into_place(from: &Path, to: &Path) -> Result<(), ImageError> {
 
 fn run(cmd: &mut Command) -> Result<(), ImageError> {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|source| ImageError::Io { what: "running", path: PathBuf::from(&shown), source })?;
+    let out = cmd.output().map_err(|source| ImageError::Io {
+        what: "running",
+        path: PathBuf::from(&shown),
+        source,
+    })?;
     if out.status.success() {
         return Ok(());
     }
@@ -516,7 +590,8 @@ mod tests {
         let test = ImageSpec::parse(TEST_SPEC, Path::new("test.toml")).unwrap();
         assert_eq!(test.runner, RunnerSource::TestRunner);
         assert!(test.fragments().unwrap().len() == 1);
-        let full = ImageSpec::parse(include_str!("../images/full.toml"), Path::new("full.toml")).unwrap();
+        let full =
+            ImageSpec::parse(include_str!("../images/full.toml"), Path::new("full.toml")).unwrap();
         assert!(full.packages.iter().any(|p| p == "build-essential"));
         assert_eq!(full.fragments().unwrap().len(), 2);
     }

@@ -60,9 +60,13 @@ pub enum VmState {
     Idle,
     Assigned,
     RunnerRunning,
-    RunnerExited { code: Option<i32> },
+    RunnerExited {
+        code: Option<i32>,
+    },
     /// The VM process ended; `code` is the runner's when it had exited.
-    Gone { code: Option<i32> },
+    Gone {
+        code: Option<i32>,
+    },
 }
 
 impl VmState {
@@ -70,7 +74,9 @@ impl VmState {
         match self {
             VmState::Booting | VmState::Idle | VmState::Assigned => InstanceState::Starting,
             VmState::RunnerRunning => InstanceState::Running,
-            VmState::RunnerExited { code } | VmState::Gone { code } => InstanceState::Exited { code },
+            VmState::RunnerExited { code } | VmState::Gone { code } => {
+                InstanceState::Exited { code }
+            }
         }
     }
 }
@@ -177,7 +183,10 @@ pub enum MicrovmError {
     Network(#[from] net::NetError),
 }
 
-fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> MicrovmError + 'a {
+fn io_err<'a>(
+    what: &'static str,
+    path: &'a Path,
+) -> impl FnOnce(std::io::Error) -> MicrovmError + 'a {
     move |source| MicrovmError::Io { what, path: path.to_owned(), source }
 }
 
@@ -185,7 +194,10 @@ impl MicrovmProvider {
     /// Builds the provider of `pool`. Reaps idle VMs a previous hangar
     /// process left behind (VMs with a runner are kept for `list`/`destroy`),
     /// and starts the pre-booted pool. Must run inside a tokio runtime.
-    pub async fn new(pool: PoolName, config: MicrovmConfig) -> Result<MicrovmProvider, MicrovmError> {
+    pub async fn new(
+        pool: PoolName,
+        config: MicrovmConfig,
+    ) -> Result<MicrovmProvider, MicrovmError> {
         let vmm: Arc<dyn Vmm> = Arc::new(Qemu::new(config.qemu.clone()));
         MicrovmProvider::with_vmm(pool, config, vmm).await
     }
@@ -236,7 +248,11 @@ impl MicrovmProvider {
         if let Some(vm) = self.inner.runners.lock().expect("runners lock").get(runner_id) {
             return Some(vm.dir.join(CONSOLE_LOG));
         }
-        self.inner.disk_vms().into_iter().find(|d| d.runner.as_ref() == Some(runner_id)).map(|d| d.dir.join(CONSOLE_LOG))
+        self.inner
+            .disk_vms()
+            .into_iter()
+            .find(|d| d.runner.as_ref() == Some(runner_id))
+            .map(|d| d.dir.join(CONSOLE_LOG))
     }
 
     /// When things happened to a runner's VM.
@@ -252,7 +268,13 @@ impl MicrovmProvider {
 
     /// Pre-booted VMs that are idle now (booted, agent ready, no runner).
     pub fn hot_idle(&self) -> usize {
-        self.inner.hot.lock().expect("hot lock").iter().filter(|vm| vm.state() == VmState::Idle).count()
+        self.inner
+            .hot
+            .lock()
+            .expect("hot lock")
+            .iter()
+            .filter(|vm| vm.state() == VmState::Idle)
+            .count()
     }
 
     /// The QEMU pids of the pre-booted VMs (for RSS measurements).
@@ -267,11 +289,12 @@ impl MicrovmProvider {
         for vm in hot {
             self.inner.vm_destroy(&vm).await;
         }
-        if let Some(network) = &self.inner.network {
-            if self.inner.runners.lock().expect("runners lock").is_empty() && self.inner.disk_vms().is_empty() {
+        if let Some(network) = &self.inner.network
+            && self.inner.runners.lock().expect("runners lock").is_empty()
+                && self.inner.disk_vms().is_empty()
+            {
                 network.firewall_remove();
             }
-        }
     }
 
     /// Boots a VM to idle and saves it (state + frozen disk) under `dir`.
@@ -283,11 +306,13 @@ impl MicrovmProvider {
             inner.vm_destroy(&vm).await;
             return Err(MicrovmError::Vmm(vmm::VmmError::Timeout));
         }
-        let snapshot = bench::Snapshot { state: dir.join("state.bin"), disk: dir.join("disk.qcow2") };
+        let snapshot =
+            bench::Snapshot { state: dir.join("state.bin"), disk: dir.join("disk.qcow2") };
         let saved = inner.vmm.snapshot_save(&vm.plan, &snapshot.state).await;
         if saved.is_ok() {
             // QEMU holds the overlay open; the name moves, the VM is paused.
-            std::fs::rename(&vm.plan.disk, &snapshot.disk).map_err(io_err("freezing the disk to", &snapshot.disk))?;
+            std::fs::rename(&vm.plan.disk, &snapshot.disk)
+                .map_err(io_err("freezing the disk to", &snapshot.disk))?;
         }
         inner.vm_destroy(&vm).await;
         saved?;
@@ -296,7 +321,10 @@ impl MicrovmProvider {
 
     /// Restores one VM from `snapshot`, waits for its agent's `ready`,
     /// destroys it; returns launch → ready.
-    pub async fn snapshot_restore_ready(&self, snapshot: &bench::Snapshot) -> Result<Duration, MicrovmError> {
+    pub async fn snapshot_restore_ready(
+        &self,
+        snapshot: &bench::Snapshot,
+    ) -> Result<Duration, MicrovmError> {
         let inner = &self.inner;
         let t0 = Instant::now();
         let vm = inner.vm_boot(None, Some(snapshot)).await?;
@@ -371,11 +399,15 @@ impl Provider for MicrovmProvider {
             inner.vm_destroy(&vm).await;
         }
         // Also anything on disk for this runner (a VM from before a restart).
-        for leftover in inner.disk_vms().into_iter().filter(|d| d.runner.as_ref() == Some(runner_id)) {
-            leftover.reap(inner.network.as_ref()).await.map_err(|source| ProviderError::Destroy {
-                runner_id: runner_id.clone(),
-                reason: format!("removing {}", leftover.dir.display()),
-                source: Some(Box::new(source)),
+        for leftover in
+            inner.disk_vms().into_iter().filter(|d| d.runner.as_ref() == Some(runner_id))
+        {
+            leftover.reap(inner.network.as_ref()).await.map_err(|source| {
+                ProviderError::Destroy {
+                    runner_id: runner_id.clone(),
+                    reason: format!("removing {}", leftover.dir.display()),
+                    source: Some(Box::new(source)),
+                }
             })?;
         }
         tracing::info!(runner_id = %runner_id, pool = %inner.pool, "microvm destroyed");
@@ -392,11 +424,10 @@ impl Provider for MicrovmProvider {
             .map(|(id, vm)| vm.instance(id))
             .collect();
         for d in inner.disk_vms() {
-            if let Some(runner) = &d.runner {
-                if !instances.iter().any(|i| &i.runner_id == runner) {
+            if let Some(runner) = &d.runner
+                && !instances.iter().any(|i| &i.runner_id == runner) {
                     instances.push(d.instance(runner));
                 }
-            }
         }
         instances.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));
         Ok(instances)
@@ -406,7 +437,10 @@ impl Provider for MicrovmProvider {
         let c = &self.inner.config;
         for (what, path) in [("kernel", &c.kernel), ("rootfs", &c.rootfs)] {
             if !path.exists() {
-                return Health { ok: false, message: format!("{what} {} does not exist", path.display()) };
+                return Health {
+                    ok: false,
+                    message: format!("{what} {} does not exist", path.display()),
+                };
             }
         }
         let qemu = tokio::process::Command::new(&c.qemu).arg("--version").output().await;
@@ -419,8 +453,13 @@ impl Provider for MicrovmProvider {
                     self.inner.accel
                 ),
             },
-            Ok(out) => Health { ok: false, message: format!("{} --version: {}", c.qemu.display(), out.status) },
-            Err(e) => Health { ok: false, message: format!("{} cannot run: {e}", c.qemu.display()) },
+            Ok(out) => Health {
+                ok: false,
+                message: format!("{} --version: {}", c.qemu.display(), out.status),
+            },
+            Err(e) => {
+                Health { ok: false, message: format!("{} cannot run: {e}", c.qemu.display()) }
+            }
         }
     }
 }
@@ -437,7 +476,11 @@ fn launch_error(
     reason: &str,
     source: impl std::error::Error + Send + Sync + 'static,
 ) -> ProviderError {
-    ProviderError::Launch { runner_id: runner_id.clone(), reason: reason.into(), source: Some(Box::new(source)) }
+    ProviderError::Launch {
+        runner_id: runner_id.clone(),
+        reason: reason.into(),
+        source: Some(Box::new(source)),
+    }
 }
 
 impl Inner {
@@ -472,7 +515,8 @@ impl Inner {
         runner: Option<&RunnerId>,
         restore: Option<&bench::Snapshot>,
     ) -> Result<Arc<Vm>, MicrovmError> {
-        let permit = Arc::clone(&self.boots).acquire_owned().await.expect("boot semaphore is never closed");
+        let permit =
+            Arc::clone(&self.boots).acquire_owned().await.expect("boot semaphore is never closed");
         let id = format!("vm-{:012x}", rand::random::<u64>() & 0xffff_ffff_ffff);
         let dir = self.config.state_dir.join(&id);
         let result = self.vm_boot_in(&id, &dir, runner, restore, permit).await;
@@ -515,7 +559,9 @@ impl Inner {
             .await
             .map_err(io_err("running qemu-img for", &overlay))?;
         if !out.status.success() {
-            return Err(MicrovmError::Overlay { stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned() });
+            return Err(MicrovmError::Overlay {
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+            });
         }
         let listener = UnixListener::bind(&socket).map_err(io_err("listening on", &socket))?;
         let vm_net = match &self.network {
@@ -541,7 +587,10 @@ impl Inner {
             launched_at: chrono::Utc::now(),
             state: watch::Sender::new(VmState::Booting),
             to_guest,
-            timings: Mutex::new(VmTimings { spawned: Some(Instant::now()), ..VmTimings::default() }),
+            timings: Mutex::new(VmTimings {
+                spawned: Some(Instant::now()),
+                ..VmTimings::default()
+            }),
             net: vm_net,
         });
         if restore.is_some() {
@@ -581,11 +630,10 @@ impl Inner {
         if let (Some(network), Some(_)) = (&self.network, &vm.net) {
             network.vm_teardown(&vm.id);
         }
-        if let Err(e) = std::fs::remove_dir_all(&vm.dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
+        if let Err(e) = std::fs::remove_dir_all(&vm.dir)
+            && e.kind() != std::io::ErrorKind::NotFound {
                 tracing::warn!(vm = %vm.id, error = %e, "removing the vm dir failed");
             }
-        }
     }
 
     /// VM directories on disk (the truth after a restart).
@@ -626,7 +674,8 @@ impl DiskVm {
         let runner = std::fs::read_to_string(dir.join(RUNNER_FILE))
             .ok()
             .and_then(|s| RunnerId::try_from(s.trim().to_owned()).ok());
-        let pid = std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|s| s.trim().parse().ok());
+        let pid =
+            std::fs::read_to_string(dir.join(PID_FILE)).ok().and_then(|s| s.trim().parse().ok());
         let id = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         DiskVm { dir: dir.to_owned(), id, runner, pid }
     }
@@ -643,7 +692,11 @@ impl DiskVm {
             runner_id: runner_id.clone(),
             // Its agent channel is gone with the process that launched it:
             // alive means "still running, state unknown".
-            state: if self.alive() { InstanceState::Running } else { InstanceState::Exited { code: None } },
+            state: if self.alive() {
+                InstanceState::Running
+            } else {
+                InstanceState::Exited { code: None }
+            },
             launched_at,
             detail: format!("orphan vm {} pid {:?} dir {}", self.id, self.pid, self.dir.display()),
         }
@@ -679,11 +732,13 @@ fn vm_process_alive(pid: u32, dir: &Path) -> bool {
 }
 
 fn kill_vm_process(pid: u32, dir: &Path) {
-    if vm_process_alive(pid, dir) {
-        if let Ok(raw) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::Signal::SIGKILL);
+    if vm_process_alive(pid, dir)
+        && let Ok(raw) = i32::try_from(pid) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(raw),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-    }
 }
 
 fn absolute(path: &Path) -> PathBuf {
@@ -804,14 +859,16 @@ async fn refill_loop(inner: Weak<Inner>) {
         // Forget dead pre-booted VMs (and clean their directories).
         let dead: Vec<Arc<Vm>> = {
             let mut hot = strong.hot.lock().expect("hot lock");
-            let (dead, alive) = hot.drain(..).partition(|vm| matches!(vm.state(), VmState::Gone { .. }));
+            let (dead, alive) =
+                hot.drain(..).partition(|vm| matches!(vm.state(), VmState::Gone { .. }));
             *hot = alive;
             dead
         };
         for vm in dead {
             strong.vm_destroy(&vm).await;
         }
-        let missing = strong.config.min_hot.saturating_sub(strong.hot.lock().expect("hot lock").len());
+        let missing =
+            strong.config.min_hot.saturating_sub(strong.hot.lock().expect("hot lock").len());
         if missing > 0 {
             match strong.vm_boot(None, None).await {
                 Ok(vm) => strong.hot.lock().expect("hot lock").push(vm),

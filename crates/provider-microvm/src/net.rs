@@ -100,7 +100,8 @@ impl Network {
         let hash = hex::encode(sha2::Sha256::digest(state_dir.as_os_str().as_encoded_bytes()));
         let prefix = format!("hg{}", &hash[..4]);
         let table = format!("hangar_{}", &hash[..8]);
-        let network = Network { prefix, table, base, dns: dns.clone(), used: Mutex::new(BTreeSet::new()) };
+        let network =
+            Network { prefix, table, base, dns: dns.clone(), used: Mutex::new(BTreeSet::new()) };
         network.firewall_install(&uplink, allow)?;
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
             .map_err(|source| NetError::Spawn { command: "enabling ip_forward".into(), source })?;
@@ -146,7 +147,9 @@ impl Network {
             .expect("piped stdin")
             .write_all(ruleset.as_bytes())
             .map_err(|source| NetError::Spawn { command: "nft".into(), source })?;
-        let out = child.wait_with_output().map_err(|source| NetError::Spawn { command: "nft".into(), source })?;
+        let out = child
+            .wait_with_output()
+            .map_err(|source| NetError::Spawn { command: "nft".into(), source })?;
         if !out.status.success() {
             return Err(NetError::Command {
                 command: "nft -f -".into(),
@@ -199,12 +202,11 @@ impl Network {
         let addr = Command::new("ip").args(["-o", "-4", "addr", "show", "dev", &ifname]).output();
         if let Ok(out) = addr {
             let text = String::from_utf8_lossy(&out.stdout);
-            if let Some(ip) = text.split_whitespace().skip_while(|w| *w != "inet").nth(1) {
-                if let Ok(host) = ip.split('/').next().unwrap_or("").parse::<Ipv4Addr>() {
+            if let Some(ip) = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)
+                && let Ok(host) = ip.split('/').next().unwrap_or("").parse::<Ipv4Addr>() {
                     let index = (u32::from(host).wrapping_sub(u32::from(self.base))) / 4;
                     self.used.lock().expect("net lock").remove(&index);
                 }
-            }
         }
         let _ = run("ip", &["link", "del", &ifname]);
     }

@@ -143,7 +143,9 @@ impl Qemu {
             format!("{}M", plan.memory_mib),
         ];
         match plan.accel {
-            Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+            Accel::Kvm => {
+                args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]);
+            }
             Accel::Tcg => args.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()]),
         }
         args.extend([
@@ -192,7 +194,9 @@ impl Vmm for Qemu {
     fn spawn(&self, plan: &VmPlan) -> Result<tokio::process::Child, VmmError> {
         let log = std::fs::File::create(&plan.vmm_log)
             .map_err(|source| VmmError::Log { path: plan.vmm_log.clone(), source })?;
-        let log2 = log.try_clone().map_err(|source| VmmError::Log { path: plan.vmm_log.clone(), source })?;
+        let log2 = log
+            .try_clone()
+            .map_err(|source| VmmError::Log { path: plan.vmm_log.clone(), source })?;
         tokio::process::Command::new(&self.binary)
             .args(self.args(plan))
             .stdin(Stdio::null())
@@ -257,4 +261,69 @@ fn host_tsc_khz() -> Option<u64> {
         .ok()?;
     let khz = (mhz * 1000.0).round();
     (khz > 0.0 && khz < 1e9).then(|| format!("{khz:.0}").parse().ok()).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(accel: Accel, tap: Option<TapNic>) -> VmPlan {
+        let dir = PathBuf::from("/state/vm-1");
+        VmPlan {
+            name: "vm-1".into(),
+            kernel: "/k/vmlinux".into(),
+            disk: dir.join("overlay.qcow2"),
+            agent_socket: dir.join("agent.sock"),
+            control_socket: dir.join("qmp.sock"),
+            console_log: dir.join("console.log"),
+            vmm_log: dir.join("vmm.log"),
+            vcpus: 2,
+            memory_mib: 1024,
+            accel,
+            kernel_args: vec!["hangar_net=172.29.0.6/30,172.29.0.5,1.1.1.1".into()],
+            tap,
+            incoming_state: None,
+        }
+    }
+
+    #[test]
+    fn qemu_runs_microvm_with_direct_kernel_boot_and_no_user_networking() {
+        let qemu = Qemu { binary: "qemu".into(), tsc_khz: Some(2_000_000) };
+        let args = qemu.args(&plan(Accel::Tcg, None));
+        let joined = args.join(" ");
+        for needle in [
+            "-M microvm,acpi=off",
+            "-no-reboot",
+            "-nodefaults",
+            "-accel tcg",
+            "-smp 2",
+            "-m 1024M",
+            "-kernel /k/vmlinux",
+            "file=/state/vm-1/overlay.qcow2,format=qcow2",
+            "socket,id=agent,path=/state/vm-1/agent.sock",
+            "name=org.hangar.agent",
+            "-serial file:/state/vm-1/console.log",
+        ] {
+            assert!(joined.contains(needle), "{needle} missing from {joined}");
+        }
+        assert!(!joined.contains("-netdev user"), "never slirp: it exposes the host's loopback");
+        let cmdline = qemu.kernel_cmdline(&plan(Accel::Tcg, None));
+        assert!(cmdline.contains("tsc_early_khz=2000000 lpj=8000000"), "{cmdline}");
+        assert!(cmdline.contains("init=/usr/local/sbin/hangar-guest-agent"), "{cmdline}");
+        assert!(cmdline.contains("reboot=t panic=-1"), "{cmdline}");
+        assert!(!qemu.kernel_cmdline(&plan(Accel::Kvm, None)).contains("tsc_early_khz"));
+    }
+
+    #[test]
+    fn a_tap_becomes_a_virtio_net_device() {
+        let qemu = Qemu { binary: "qemu".into(), tsc_khz: None };
+        let tap = TapNic { ifname: "hgabcd01234567".into(), mac: "52:54:00:1d:00:06".into() };
+        let joined = qemu.args(&plan(Accel::Kvm, Some(tap))).join(" ");
+        assert!(
+            joined.contains("tap,id=n0,ifname=hgabcd01234567,script=no,downscript=no"),
+            "{joined}"
+        );
+        assert!(joined.contains("virtio-net-device,netdev=n0,mac=52:54:00:1d:00:06"), "{joined}");
+        assert!(joined.contains("-accel kvm -cpu host"), "{joined}");
+    }
 }

@@ -112,10 +112,19 @@ async fn a_runner_runs_unprivileged_with_its_jit_config_and_destroy_leaves_nothi
     let jit = spec.jit_config.expose();
     let jit_sha = hex::encode(sha2::Sha256::digest(jit.as_bytes()));
     assert!(out.contains(&format!("uid=1000 runner_id={}", spec.runner_id)), "{out}");
-    assert!(out.contains(&format!("jit_sha256={jit_sha}")), "the runner got the JIT config:\n{out}");
-    assert!(out.contains("init=/usr/local/sbin/hangar-guest-agent"), "the guest printed its cmdline:\n{out}");
+    assert!(
+        out.contains(&format!("jit_sha256={jit_sha}")),
+        "the runner got the JIT config:\n{out}"
+    );
+    assert!(
+        out.contains("init=/usr/local/sbin/hangar-guest-agent"),
+        "the guest printed its cmdline:\n{out}"
+    );
     assert!(out.contains("job-ran") && out.contains("hangar-test-runner: exit=7"), "{out}");
-    assert!(!out.contains(jit), "the JIT config is not on the guest kernel command line or console");
+    assert!(
+        !out.contains(jit),
+        "the JIT config is not on the guest kernel command line or console"
+    );
     assert!(!String::from_utf8_lossy(&argv).contains(jit), "the JIT config is not in QEMU's argv");
 
     provider.destroy(&spec.runner_id).await.unwrap();
@@ -139,12 +148,21 @@ async fn job_writes_never_reach_the_base_image_or_another_vm() {
          if head -c1 /dev/vda >/dev/null 2>&1; then echo raw-disk-readable; exit 9; fi"
     ));
     provider.launch(&writer).await.unwrap();
-    assert_eq!(exit_code(&provider, &writer.runner_id).await, Some(0), "{}", console(&provider, &writer.runner_id));
+    assert_eq!(
+        exit_code(&provider, &writer.runner_id).await,
+        Some(0),
+        "{}",
+        console(&provider, &writer.runner_id)
+    );
     provider.destroy(&writer.runner_id).await.unwrap();
 
     let reader = spec(&format!("test ! -e /home/runner/{marker}"));
     provider.launch(&reader).await.unwrap();
-    assert_eq!(exit_code(&provider, &reader.runner_id).await, Some(0), "the next vm does not see the write");
+    assert_eq!(
+        exit_code(&provider, &reader.runner_id).await,
+        Some(0),
+        "the next vm does not see the write"
+    );
     provider.destroy(&reader.runner_id).await.unwrap();
     assert_eq!(sha256_file(&env.rootfs), before, "the base image is never written");
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
@@ -226,7 +244,11 @@ async fn qemu_failing_to_start_leaks_nothing() {
     let provider = MicrovmProvider::new(pool(), bad_kernel).await.unwrap();
     let spec2 = spec("true");
     provider.launch(&spec2).await.unwrap();
-    assert_eq!(exit_code(&provider, &spec2.runner_id).await, None, "qemu exited: the runner is reported gone");
+    assert_eq!(
+        exit_code(&provider, &spec2.runner_id).await,
+        None,
+        "qemu exited: the runner is reported gone"
+    );
     provider.destroy(&spec2.runner_id).await.unwrap();
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
 }
@@ -259,8 +281,11 @@ async fn a_vm_dying_mid_job_is_reported_and_leaks_nothing() {
     })
     .await;
     let pid = provider.vm_pid(&spec.runner_id).unwrap();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid.try_into().unwrap()), nix::sys::signal::Signal::SIGKILL)
-        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.try_into().unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     assert_eq!(exit_code(&provider, &spec.runner_id).await, None);
     provider.destroy(&spec.runner_id).await.unwrap();
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
@@ -276,7 +301,8 @@ async fn after_a_restart_list_reports_forgotten_vms_and_destroy_reaps_them() {
     let spec = spec("sleep 600");
     before.launch(&spec).await.unwrap();
     wait_for("the runner to start and a hot vm to be idle", BOOT, || async {
-        (state_of(&before, &spec.runner_id).await == Some(InstanceState::Running) && before.hot_idle() == 1)
+        (state_of(&before, &spec.runner_id).await == Some(InstanceState::Running)
+            && before.hot_idle() == 1)
             .then_some(())
     })
     .await;
@@ -311,7 +337,8 @@ async fn a_prebooted_vm_takes_the_runner_spec_and_the_pool_refills() {
     assert!(t.ready.unwrap() <= t.start_sent.unwrap(), "the vm was ready before the spec came");
     assert_eq!(exit_code(&provider, &spec.runner_id).await, Some(0));
     assert!(console(&provider, &spec.runner_id).contains("prebooted-ran"));
-    wait_for("the pool to refill", BOOT, || async { (provider.hot_idle() == 1).then_some(()) }).await;
+    wait_for("the pool to refill", BOOT, || async { (provider.hot_idle() == 1).then_some(()) })
+        .await;
     provider.destroy(&spec.runner_id).await.unwrap();
     provider.shutdown().await;
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());

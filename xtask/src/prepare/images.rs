@@ -26,7 +26,8 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
     }
     crate::run(Command::new("cargo").args(["build", "-q", "-p", "hangar-guest-agent"]))
         .context("building the guest agent")?;
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let agent = target.join("debug").join("hangar-guest-agent");
     let spec = ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
     let cache = super::cache_dir();
@@ -58,4 +59,37 @@ fn which(program: &str) -> Option<PathBuf> {
 
 fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+/// `cargo xtask bench microvm`: the test image, a fresh state dir, the
+/// provider's own measurements (see `hangar_provider_microvm::bench`).
+pub(crate) fn bench_microvm(root: &Path, runs: usize, json: bool) -> Result<()> {
+    let mut env = TestEnv::default();
+    prepare(root, &mut env)?;
+    let var = |k: &str| {
+        env.vars
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| PathBuf::from(v))
+            .context("no microVM test image")
+    };
+    let state = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
+    let mut config = hangar_provider_microvm::MicrovmConfig::new(
+        var("HANGAR_TEST_MICROVM_KERNEL")?,
+        var("HANGAR_TEST_MICROVM_ROOTFS")?,
+        state.clone(),
+    );
+    config.qemu = var("HANGAR_TEST_QEMU")?;
+    config.vcpus = 1;
+    config.memory_mib = 512;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(hangar_provider_microvm::bench::bench_run(config, runs))?;
+    let _ = std::fs::remove_dir_all(&state);
+    let text = serde_json::to_string_pretty(&report)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
 }

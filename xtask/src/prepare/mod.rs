@@ -11,7 +11,7 @@
 //! clone under [`cache_dir`], keyed by their inputs, so a second run is fast
 //! and a fresh machine still works.
 
-mod images;
+pub(crate) mod images;
 mod packages;
 mod postgres;
 
