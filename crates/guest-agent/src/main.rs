@@ -179,9 +179,10 @@ fn mount_basics() {
         let _ = std::fs::create_dir_all(target);
         // EBUSY (already mounted, e.g. /dev by DEVTMPFS_MOUNT) is fine.
         if let Err(e) = mount(Some(fstype), target, Some(fstype), flags, data)
-            && e != nix::errno::Errno::EBUSY {
-                log(&format!("mounting {target}: {e}"));
-            }
+            && e != nix::errno::Errno::EBUSY
+        {
+            log(&format!("mounting {target}: {e}"));
+        }
     }
     let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
 }

@@ -47,13 +47,7 @@ impl Stat {
             let rank = (percent * xs.len()).div_ceil(100).max(1);
             xs[rank.min(xs.len()) - 1]
         };
-        Some(Stat {
-            p50: pick(50),
-            p99: pick(99),
-            min: xs[0],
-            max: xs[xs.len() - 1],
-            n: xs.len(),
-        })
+        Some(Stat { p50: pick(50), p99: pick(99), min: xs[0], max: xs[xs.len() - 1], n: xs.len() })
     }
 }
 

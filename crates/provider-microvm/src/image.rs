@@ -213,10 +213,11 @@ pub fn image_build(
     let dir = cache.join("images").join(format!("{}-{key}", spec.name));
     let info_path = dir.join("image.json");
     if let Ok(text) = std::fs::read_to_string(&info_path)
-        && let Ok(info) = serde_json::from_str::<ImageInfo>(&text) {
-            progress.done(&format!("image {} is cached at {}", spec.name, dir.display()));
-            return Ok(info);
-        }
+        && let Ok(info) = serde_json::from_str::<ImageInfo>(&text)
+    {
+        progress.done(&format!("image {} is cached at {}", spec.name, dir.display()));
+        return Ok(info);
+    }
 
     progress.step(2, total, "installing the agent and the runner");
     let work = temp_sibling(&dir)?;

@@ -291,10 +291,10 @@ impl MicrovmProvider {
         }
         if let Some(network) = &self.inner.network
             && self.inner.runners.lock().expect("runners lock").is_empty()
-                && self.inner.disk_vms().is_empty()
-            {
-                network.firewall_remove();
-            }
+            && self.inner.disk_vms().is_empty()
+        {
+            network.firewall_remove();
+        }
     }
 
     /// Boots a VM to idle and saves it (state + frozen disk) under `dir`.
@@ -425,9 +425,10 @@ impl Provider for MicrovmProvider {
             .collect();
         for d in inner.disk_vms() {
             if let Some(runner) = &d.runner
-                && !instances.iter().any(|i| &i.runner_id == runner) {
-                    instances.push(d.instance(runner));
-                }
+                && !instances.iter().any(|i| &i.runner_id == runner)
+            {
+                instances.push(d.instance(runner));
+            }
         }
         instances.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));
         Ok(instances)
@@ -631,9 +632,10 @@ impl Inner {
             network.vm_teardown(&vm.id);
         }
         if let Err(e) = std::fs::remove_dir_all(&vm.dir)
-            && e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(vm = %vm.id, error = %e, "removing the vm dir failed");
-            }
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(vm = %vm.id, error = %e, "removing the vm dir failed");
+        }
     }
 
     /// VM directories on disk (the truth after a restart).
@@ -733,12 +735,13 @@ fn vm_process_alive(pid: u32, dir: &Path) -> bool {
 
 fn kill_vm_process(pid: u32, dir: &Path) {
     if vm_process_alive(pid, dir)
-        && let Ok(raw) = i32::try_from(pid) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(raw),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
+        && let Ok(raw) = i32::try_from(pid)
+    {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(raw),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {

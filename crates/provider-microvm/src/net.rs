@@ -203,10 +203,11 @@ impl Network {
         if let Ok(out) = addr {
             let text = String::from_utf8_lossy(&out.stdout);
             if let Some(ip) = text.split_whitespace().skip_while(|w| *w != "inet").nth(1)
-                && let Ok(host) = ip.split('/').next().unwrap_or("").parse::<Ipv4Addr>() {
-                    let index = (u32::from(host).wrapping_sub(u32::from(self.base))) / 4;
-                    self.used.lock().expect("net lock").remove(&index);
-                }
+                && let Ok(host) = ip.split('/').next().unwrap_or("").parse::<Ipv4Addr>()
+            {
+                let index = (u32::from(host).wrapping_sub(u32::from(self.base))) / 4;
+                self.used.lock().expect("net lock").remove(&index);
+            }
         }
         let _ = run("ip", &["link", "del", &ifname]);
     }

@@ -82,13 +82,23 @@ fn dir_entries(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The nftables table name the provider uses for a pool's state dir.
+fn table_of(state: &Path) -> String {
+    let hash = hex::encode(sha2::Sha256::digest(state.as_os_str().as_encoded_bytes()));
+    format!("hangar_{}", &hash[..8])
+}
+
 fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
 }
 
+/// Hashes with coreutils: the test profile's unoptimised sha2 needs a
+/// minute for the image.
 fn sha256_file(path: &Path) -> String {
-    hex::encode(sha2::Sha256::digest(std::fs::read(path).unwrap()))
+    let out = std::process::Command::new("sha256sum").arg(path).output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).split_whitespace().next().unwrap().to_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -224,6 +234,13 @@ async fn a_nat_vm_cannot_reach_the_host_itself() {
     let taps_after: Vec<String> = dir_entries(Path::new("/sys/class/net"));
     assert_eq!(taps_before.len(), taps_after.len() + 1, "destroy removed the tap");
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
+    provider.shutdown().await;
+    let tables = std::process::Command::new("nft").args(["list", "tables"]).output().unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout).into_owned();
+    assert!(
+        !tables.contains(&table_of(state.path())),
+        "shutdown removed the pool's firewall: {tables}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
