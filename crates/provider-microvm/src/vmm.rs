@@ -223,7 +223,8 @@ impl Vmm for Qemu {
     async fn snapshot_save(&self, plan: &VmPlan, state: &std::path::Path) -> Result<(), VmmError> {
         let save = async {
             let mut qmp = Qmp::connect(&plan.control_socket).await?;
-            qmp.execute("stop", None).await?;
+            // Not `stop` first: a paused source restores paused. Migration
+            // pauses the VM itself when it completes.
             qmp.execute(
                 "migrate",
                 Some(serde_json::json!({ "uri": format!("exec:cat > {}", state.display()) })),

@@ -360,3 +360,33 @@ async fn a_prebooted_vm_takes_the_runner_spec_and_the_pool_refills() {
     provider.shutdown().await;
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_vm_snapshot_restores_to_a_ready_agent() {
+    let Some(env) = env() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let snap = tempfile::tempdir().unwrap();
+    let provider = MicrovmProvider::new(pool(), config(&env, state.path())).await.unwrap();
+    let snapshot = match provider.snapshot_create(snap.path()).await {
+        Ok(s) => s,
+        Err(e) => panic!("snapshot: {:?}", anyhow_chain(&e)),
+    };
+    assert!(snapshot.state.exists() && snapshot.disk.exists());
+    assert_eq!(dir_entries(state.path()), Vec::<String>::new(), "the snapshotted vm is gone");
+    for _ in 0..2 {
+        if let Err(e) = provider.snapshot_restore_ready(&snapshot).await {
+            panic!("restore: {:?}", anyhow_chain(&e));
+        }
+    }
+    assert_eq!(dir_entries(state.path()), Vec::<String>::new());
+}
+
+fn anyhow_chain(e: &dyn std::error::Error) -> Vec<String> {
+    let mut out = vec![e.to_string()];
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push(s.to_string());
+        source = s.source();
+    }
+    out
+}
