@@ -12,10 +12,10 @@ use std::time::Duration;
 /// installs everything and a silent skip there would hide a broken setup.
 /// `cargo xtask test` sets these variables.
 pub fn require_env(var: &str, what: &str) -> Option<String> {
-    if let Ok(value) = std::env::var(var) {
-        if !value.is_empty() {
-            return Some(value);
-        }
+    if let Ok(value) = std::env::var(var)
+        && !value.is_empty()
+    {
+        return Some(value);
     }
     let message =
         format!("SKIPPED: {what}: {var} is not set (run `cargo xtask test` to set it up)");

@@ -117,21 +117,6 @@ impl fmt::Display for RunnerId {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn runner_ids_round_trip_and_reject_foreign_names() {
-        let id = RunnerId::new(&PoolName("Linux_X64".into()), 0xdead_beef);
-        assert_eq!(id.as_str(), "hangar-linux-x64-00000000deadbeef");
-        assert_eq!(RunnerId::try_from(id.to_string()), Ok(id));
-        assert!(RunnerId::try_from("GitHub Actions 5".to_string()).is_err());
-        assert!(RunnerId::try_from("hangar-".to_string()).is_err());
-        assert!(RunnerId::try_from("hangar-UPPER".to_string()).is_err());
-    }
-}
-
 /// A string that never shows itself in `Debug` or `Display`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -150,5 +135,20 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runner_ids_round_trip_and_reject_foreign_names() {
+        let id = RunnerId::new(&PoolName("Linux_X64".into()), 0xdead_beef);
+        assert_eq!(id.as_str(), "hangar-linux-x64-00000000deadbeef");
+        assert_eq!(RunnerId::try_from(id.to_string()), Ok(id));
+        assert!(RunnerId::try_from("GitHub Actions 5".to_string()).is_err());
+        assert!(RunnerId::try_from("hangar-".to_string()).is_err());
+        assert!(RunnerId::try_from("hangar-UPPER".to_string()).is_err());
     }
 }

@@ -20,19 +20,20 @@
 //! # Convergence
 //!
 //! [`JobRecord::merge`] is written so that the record depends only on the
-//! *set* of events seen, never on their order or multiplicity:
-//! - the state is the maximum rank seen;
-//! - the fields GitHub sends with every event (names, labels, branch,
-//!   timestamps) come from the highest-ranked event, and optional ones fall
-//!   back to any event that has them;
-//! - the runner assignment comes from the highest-ranked event that names a
-//!   runner (a `completed` for a job cancelled before assignment names none,
-//!   and must not erase the runner an `in_progress` named);
+//! *set* of events seen, never on their order or multiplicity. The record
+//! keeps one [`Report`] per state: what the event of that state said (of
+//! several, the one with the smallest delivery id, so even disagreeing
+//! duplicates settle the same way whatever their order). Everything else is
+//! derived from the reports:
+//! - the state is the highest state reported;
+//! - each field comes from the highest-ranked report that has it, so a
+//!   `completed` that names no runner (a job cancelled before assignment)
+//!   keeps the runner an `in_progress` named, and GitHub's always-present
+//!   fields follow the latest state;
 //! - our own receive times are kept per action, earliest first.
 //!
-//! Equal-ranked events that disagree (GitHub's samples show none) are settled
-//! by keeping what was recorded first. The property test in this module checks
-//! convergence over random permutations with duplicates.
+//! The property test in this module checks convergence over random
+//! permutations with duplicates.
 
 use std::fmt;
 use std::str::FromStr;
@@ -272,14 +273,25 @@ impl StateTimes {
     }
 }
 
+/// What the event of one state said about the job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    pub delivery_id: DeliveryId,
+    pub fields: JobFields,
+}
+
+/// The report of each state seen, indexed by [`JobState::rank`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reports(pub [Option<Report>; 4]);
+
 /// The durable picture of one job: what the store keeps, keyed by `fields.id`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobRecord {
     pub state: JobState,
+    /// Derived from `reports`; see the module docs.
     pub fields: JobFields,
-    /// Rank of the event the runner assignment came from.
-    pub runner_rank: Option<u8>,
     pub received: StateTimes,
+    pub reports: Reports,
     /// Bumped on every change; writes are conditional on it.
     pub generation: i64,
 }
@@ -299,51 +311,47 @@ impl JobRecord {
     /// Folds `event` into `current` (the stored record, if any). Pure; see
     /// the module docs for why the result does not depend on event order.
     pub fn merge(current: Option<&JobRecord>, event: &JobEvent) -> Merge {
-        let Some(current) = current else {
-            return Merge::Created(JobRecord::from_event(event));
-        };
-        let mut next = current.clone();
-        let event_state = JobState::from(event.action);
-        let event_rank = event_state.rank();
-        if current.state.can_transition_to(event_state) {
-            next.state = event_state;
-            next.fields = overlay(&event.job, &current.fields);
-        } else {
-            next.fields = overlay(&current.fields, &event.job);
+        let mut reports = current.map(|c| c.reports.clone()).unwrap_or_default();
+        let mut received = current.map(|c| c.received.clone()).unwrap_or_default();
+        let slot = &mut reports.0[usize::from(JobState::from(event.action).rank())];
+        if slot.as_ref().is_none_or(|seen| event.delivery_id < seen.delivery_id) {
+            *slot =
+                Some(Report { delivery_id: event.delivery_id.clone(), fields: event.job.clone() });
         }
-        next.fields.runner = current.fields.runner.clone();
-        if let Some(runner) = &event.job.runner {
-            if current.runner_rank.is_none_or(|rank| event_rank > rank) {
-                next.fields.runner = Some(runner.clone());
-                next.runner_rank = Some(event_rank);
-            }
+        let time = received.slot(event.action);
+        if time.is_none_or(|seen| event.received_at < seen) {
+            *time = Some(event.received_at);
         }
-        let slot = next.received.slot(event.action);
-        if slot.is_none_or(|seen| event.received_at < seen) {
-            *slot = Some(event.received_at);
+        let (state, fields) = derive(&reports).expect("the event's own report is there");
+        let generation = current.map_or(0, |c| c.generation) + 1;
+        let next = JobRecord { state, fields, received, reports, generation };
+        match current {
+            None => Merge::Created(next),
+            Some(current) if next.same_as(current) => Merge::Unchanged,
+            Some(_) => Merge::Updated(next),
         }
-        if next == *current {
-            return Merge::Unchanged;
-        }
-        next.generation = current.generation + 1;
-        Merge::Updated(next)
     }
 
-    fn from_event(event: &JobEvent) -> JobRecord {
-        let mut received = StateTimes::default();
-        *received.slot(event.action) = Some(event.received_at);
-        JobRecord {
-            state: event.action.into(),
-            runner_rank: event.job.runner.as_ref().map(|_| JobState::from(event.action).rank()),
-            fields: event.job.clone(),
-            received,
-            generation: 1,
-        }
+    fn same_as(&self, other: &JobRecord) -> bool {
+        self.received == other.received && self.reports == other.reports
     }
 }
 
+/// The state and fields the reports add up to: each field from the
+/// highest-ranked report that has it.
+fn derive(reports: &Reports) -> Option<(JobState, JobFields)> {
+    let mut ranked = JobState::ALL.into_iter().rev().zip(reports.0.iter().rev());
+    let (state, top) = ranked.find_map(|(state, report)| report.as_ref().map(|r| (state, r)))?;
+    let mut fields = top.fields.clone();
+    for (_, report) in ranked {
+        if let Some(report) = report {
+            fields = overlay(&fields, &report.fields);
+        }
+    }
+    Some((state, fields))
+}
+
 /// `primary`'s fields, with its missing optional ones taken from `fallback`.
-/// The runner assignment is left to the caller, which ranks it separately.
 fn overlay(primary: &JobFields, fallback: &JobFields) -> JobFields {
     fn or<T: Clone>(a: &Option<T>, b: &Option<T>) -> Option<T> {
         a.clone().or_else(|| b.clone())
@@ -365,7 +373,7 @@ fn overlay(primary: &JobFields, fallback: &JobFields) -> JobFields {
         head_branch: or(&primary.head_branch, &fallback.head_branch),
         head_sha: or(&primary.head_sha, &fallback.head_sha),
         html_url: or(&primary.html_url, &fallback.html_url),
-        runner: None,
+        runner: or(&primary.runner, &fallback.runner),
         conclusion: or(&primary.conclusion, &fallback.conclusion),
         created_at: primary.created_at.or(fallback.created_at),
         started_at: primary.started_at.or(fallback.started_at),

@@ -13,10 +13,29 @@ pub use ids::{
     DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError, Secret,
 };
 pub use job::{
-    Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, RunnerAssignment,
-    StateTimes,
+    Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, Report, Reports,
+    RunnerAssignment, StateTimes,
 };
 pub use labels::Labels;
 
 /// All timestamps in hangar are UTC.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;
+
+/// Displays an error with all its sources, `outer: inner: innermost`.
+///
+/// Error messages in hangar never repeat their source (see ARCHITECTURE.md),
+/// so logging only `{error}` would lose the cause; log `ErrorChain(&error)`.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut source = self.0.source();
+        while let Some(cause) = source {
+            write!(f, ": {cause}")?;
+            source = cause.source();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,152 @@
+//! The admin API (`/api/v1`): what goes over the wire, and a client.
+//!
+//! **Boundary:** these types are the API's contract. The server converts
+//! its records into them; the CLI and scripts read them. Changing a field
+//! here changes the API.
+
+use hangar_types::{Conclusion, JobId, JobState, Labels, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// A job as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub state: JobState,
+    pub repository: String,
+    pub organization: Option<String>,
+    pub installation_id: Option<i64>,
+    pub run_id: i64,
+    pub run_attempt: i64,
+    pub workflow_name: Option<String>,
+    pub job_name: String,
+    pub labels: Labels,
+    pub head_branch: Option<String>,
+    pub runner_id: Option<i64>,
+    pub runner_name: Option<String>,
+    pub runner_group: Option<String>,
+    pub conclusion: Option<Conclusion>,
+    pub html_url: Option<String>,
+    /// GitHub's timestamps.
+    pub created_at: Option<Timestamp>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+    /// When hangar first received each action.
+    pub received: ReceivedTimes,
+    pub generation: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceivedTimes {
+    pub waiting: Option<Timestamp>,
+    pub queued: Option<Timestamp>,
+    pub in_progress: Option<Timestamp>,
+    pub completed: Option<Timestamp>,
+}
+
+/// `GET /api/v1/jobs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobList {
+    pub jobs: Vec<JobView>,
+    /// Pass as `before=` for the next page.
+    pub next: Option<JobId>,
+}
+
+/// `GET /api/v1/jobs/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobDetail {
+    pub job: JobView,
+    /// Every delivery about the job, oldest first.
+    pub timeline: Vec<TimelineEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TimelineEntry {
+    pub delivery_id: String,
+    pub event: String,
+    pub action: Option<String>,
+    pub received_at: Timestamp,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// Query of `GET /api/v1/jobs`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobQuery {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state: Option<JobState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub before: Option<JobId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach hangar at {url}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    #[error("hangar answered {status}: {message}")]
+    Status { status: u16, message: String },
+    #[error("hangar's answer could not be read")]
+    Decode {
+        #[source]
+        source: reqwest::Error,
+    },
+}
+
+/// A typed client of the admin API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// `base` is the server's root URL, e.g. `http://127.0.0.1:8080`.
+    pub fn new(base: &str, token: Option<String>) -> Client {
+        Client { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn job_list(&self, query: &JobQuery) -> Result<JobList, ClientError> {
+        self.get("/api/v1/jobs", query).await
+    }
+
+    pub async fn job_view(&self, id: JobId) -> Result<JobDetail, ClientError> {
+        self.get(&format!("/api/v1/jobs/{id}"), &()).await
+    }
+
+    async fn get<Q: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        query: &Q,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.get(&url).query(query);
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        let response =
+            request.send().await.map_err(|source| ClientError::Unreachable { url, source })?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text).map_or(text, |body| body.error);
+            return Err(ClientError::Status { status: status.as_u16(), message });
+        }
+        response.json().await.map_err(|source| ClientError::Decode { source })
+    }
+}

@@ -1,0 +1,5 @@
+//! One module per subcommand.
+
+pub(crate) mod config;
+pub(crate) mod jobs;
+pub(crate) mod serve;

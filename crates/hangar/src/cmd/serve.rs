@@ -1,0 +1,109 @@
+//! `hangar serve`: the long-running control plane.
+//!
+//! With no config file at all it starts on embedded defaults (127.0.0.1,
+//! SQLite under the data directory) and says plainly what is missing to
+//! receive real webhooks. The first line on stdout is
+//! `hangar listening on http://ADDR`, which scripts may read (useful with
+//! `--listen 127.0.0.1:0`).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use hangar_github::WebhookSecret;
+use hangar_server::{ApiAccess, ServerState};
+use hangar_store::Store;
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{ENV_WEBHOOK_SECRET, Effective, HangarConfig, Overrides};
+
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    /// Config file (default: HANGAR_CONFIG, else ./hangar.toml if present, else built-in defaults).
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Address to listen on, overriding the file (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Directory for the SQLite database and local state, overriding the file.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+pub(crate) async fn run(args: Args) -> Result<()> {
+    init_tracing();
+    let path = crate::config_path(args.config);
+    let config = match &path {
+        Some(path) => HangarConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
+        None => HangarConfig::default(),
+    };
+    let effective =
+        Effective::resolve(&config, Overrides { listen: args.listen, data_dir: args.data_dir });
+    std::fs::create_dir_all(&effective.data_dir).with_context(|| {
+        format!("cannot create the data directory {}", effective.data_dir.display())
+    })?;
+    let store = Store::open(&effective.database_url).await.context("opening the store")?;
+    let access =
+        ApiAccess::new(effective.listen.ip().is_loopback(), effective.api_token.as_deref());
+    let secret = effective.webhook_secret.as_deref().map(WebhookSecret::new);
+    let state = ServerState::new(store.clone(), secret, access);
+    let app = hangar_server::router(state);
+
+    let listener = tokio::net::TcpListener::bind(effective.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", effective.listen))?;
+    let addr = listener.local_addr()?;
+    println!("hangar listening on http://{addr}");
+    report_startup(path.as_deref(), &effective, addr);
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("Shutting down: flushing the store.");
+    store.close().await;
+    Ok(())
+}
+
+/// Says what hangar runs with, and loudly what is missing.
+fn report_startup(path: Option<&std::path::Path>, effective: &Effective, addr: SocketAddr) {
+    match path {
+        Some(path) => tracing::info!(config = %path.display(), "Configuration loaded."),
+        None => tracing::info!("No config file: running on embedded defaults."),
+    }
+    tracing::info!(
+        data_dir = %effective.data_dir.display(),
+        database = if effective.database_url.starts_with("sqlite") { "sqlite" } else { "postgres" },
+        "Store open."
+    );
+    if effective.webhook_secret.is_none() {
+        tracing::warn!(
+            "No webhook secret: every delivery is refused (503) until you set {ENV_WEBHOOK_SECRET} \
+             or [webhook] secret. Then point a GitHub webhook (events: Workflow jobs) at \
+             http://{addr}/webhook (through a public URL) with the same secret."
+        );
+    }
+    if !addr.ip().is_loopback() && effective.api_token.is_none() {
+        tracing::warn!(
+            "Listening beyond loopback without an API token: the admin API is closed. \
+             Set HANGAR_API_TOKEN or [server] api_token to use it."
+        );
+    }
+}
+
+fn init_tracing() {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=warn"));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = interrupt => {}
+        _ = terminate.recv() => {}
+    }
+}
