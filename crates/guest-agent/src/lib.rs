@@ -58,7 +58,15 @@ pub struct AgentConfig {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum HostMessage {
     /// Start the runner. Sent once per VM.
-    Start { runner_id: String, jit_config: String, env: Vec<(String, String)> },
+    Start {
+        runner_id: String,
+        jit_config: String,
+        env: Vec<(String, String)>,
+        /// The host's clock (unix ms): a VM restored from a snapshot wakes
+        /// with the clock of the moment it was saved.
+        #[serde(default)]
+        now_unix_ms: Option<u64>,
+    },
     /// Asks an idle agent to say `ready` again.
     Ping,
 }
@@ -66,11 +74,12 @@ pub enum HostMessage {
 impl fmt::Debug for HostMessage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            HostMessage::Start { runner_id, env, .. } => f
+            HostMessage::Start { runner_id, env, now_unix_ms, .. } => f
                 .debug_struct("Start")
                 .field("runner_id", runner_id)
                 .field("jit_config", &"<redacted>")
                 .field("env", &env.iter().map(|(k, _)| k).collect::<Vec<_>>())
+                .field("now_unix_ms", now_unix_ms)
                 .finish(),
             HostMessage::Ping => f.write_str("Ping"),
         }
@@ -108,6 +117,7 @@ mod tests {
             runner_id: "hangar-p-1".into(),
             jit_config: "s3cret".into(),
             env: vec![("A".into(), "b".into())],
+            now_unix_ms: Some(1),
         };
         let line = encode_line(&start);
         assert!(line.ends_with(b"\n"));
@@ -125,6 +135,7 @@ mod tests {
             runner_id: "hangar-p-1".into(),
             jit_config: "s3cret".into(),
             env: vec![("TOKEN".into(), "hidden".into())],
+            now_unix_ms: None,
         };
         let shown = format!("{start:?}");
         assert!(!shown.contains("s3cret") && !shown.contains("hidden"), "{shown}");

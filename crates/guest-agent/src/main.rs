@@ -33,8 +33,11 @@ fn main() {
     power_off(is_init);
 }
 
+/// Log lines carry the guest's uptime, to see where boot time goes.
 fn log(line: &str) {
-    eprintln!("hangar-agent: {line}");
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let uptime = uptime.split_whitespace().next().unwrap_or("?");
+    eprintln!("hangar-agent: [{uptime}] {line}");
 }
 
 fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
@@ -43,7 +46,9 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         let _ = nix::unistd::sethostname("hangar");
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    log("mounted");
     network_up(&cmdline)?;
+    log("network up");
     let config: AgentConfig = serde_json::from_slice(
         &std::fs::read(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?,
     )
@@ -61,7 +66,7 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     log("ready");
 
     let mut reader = BufReader::new(port);
-    let (runner_id, jit_config, env) = loop {
+    let (runner_id, jit_config, env, now) = loop {
         let mut line = String::new();
         let n = reader.read_line(&mut line).map_err(|e| format!("reading the port: {e}"))?;
         if n == 0 {
@@ -71,13 +76,19 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         }
         match serde_json::from_str::<HostMessage>(line.trim()) {
             Ok(HostMessage::Ping) => send(&mut writer, &GuestMessage::Ready)?,
-            Ok(HostMessage::Start { runner_id, jit_config, env }) => {
-                break (runner_id, jit_config, env);
+            Ok(HostMessage::Start { runner_id, jit_config, env, now_unix_ms }) => {
+                break (runner_id, jit_config, env, now_unix_ms);
             }
             Err(e) => log(&format!("ignoring a malformed message: {e}")),
         }
     };
     log(&format!("starting runner {runner_id}"));
+    if let Some(ms) = now.and_then(|ms| i64::try_from(ms).ok()) {
+        let now = nix::sys::time::TimeSpec::new(ms / 1000, (ms % 1000) * 1_000_000);
+        if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now) {
+            log(&format!("setting the clock: {e}"));
+        }
+    }
     let _ = nix::unistd::sethostname(&runner_id);
 
     if let Some(dockerd) = config.dockerd.as_deref().filter(|d| Path::new(d).exists()) {

@@ -30,6 +30,11 @@ enum Command {
     Jobs(cmd::jobs::ListArgs),
     /// Show one job and its timeline.
     Job(cmd::jobs::ViewArgs),
+    /// Build and list microVM guest images (kernel + root filesystem).
+    #[command(subcommand)]
+    Image(cmd::image::Command),
+    /// Measure a provider on this host (`hangar bench microvm --runs N --json`).
+    Bench(cmd::bench::Args),
 }
 
 /// Where `--config` points, else `HANGAR_CONFIG`, else `./hangar.toml` when
@@ -48,6 +53,8 @@ fn main() -> Result<()> {
             Command::Config(command) => cmd::config::run(command),
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
+            Command::Image(command) => cmd::image::run(command).await,
+            Command::Bench(args) => cmd::bench::run(args).await,
         }
     })
 }

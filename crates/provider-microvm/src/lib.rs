@@ -363,6 +363,7 @@ impl Provider for MicrovmProvider {
             runner_id: spec.runner_id.to_string(),
             jit_config: spec.jit_config.expose().to_owned(),
             env: spec.env.clone(),
+            now_unix_ms: u64::try_from(chrono::Utc::now().timestamp_millis()).ok(),
         };
         let hot = {
             let mut hot = inner.hot.lock().expect("hot lock");

@@ -118,7 +118,9 @@ impl Qemu {
         words.push(format!("init={}", hangar_guest_agent::AGENT_PATH));
         if let (Accel::Tcg, Some(khz)) = (plan.accel, self.tsc_khz) {
             // lpj for HZ=250 (base.config): skips the delay-loop calibration.
-            words.push(format!("tsc_early_khz={khz} lpj={}", khz * 4));
+            // tsc=reliable: under a loaded host the clocksource watchdog
+            // otherwise drops the TSC for coarse jiffies.
+            words.push(format!("tsc_early_khz={khz} lpj={} tsc=reliable", khz * 4));
         }
         words.extend(plan.kernel_args.iter().cloned());
         words.join(" ")

@@ -1,5 +1,7 @@
 //! One module per subcommand.
 
+pub(crate) mod bench;
 pub(crate) mod config;
+pub(crate) mod image;
 pub(crate) mod jobs;
 pub(crate) mod serve;
