@@ -99,6 +99,8 @@ const AGENT_SOCKET: &str = "agent.sock";
 const QMP_SOCKET: &str = "qmp.sock";
 const CONSOLE_LOG: &str = "console.log";
 const VMM_LOG: &str = "vmm.log";
+/// Under the state dir: the pool's idle-VM snapshot.
+const SNAPSHOT_DIR: &str = "snapshot";
 /// Unix socket paths must fit `sun_path` (108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
 
@@ -162,6 +164,12 @@ struct Inner {
     hot: Mutex<Vec<Arc<Vm>>>,
     refill: tokio::sync::Notify,
     network: Option<net::Network>,
+    /// The idle-VM snapshot pre-booted VMs are restored from
+    /// (`prebooted_restore`).
+    snapshot: tokio::sync::Mutex<Option<bench::Snapshot>>,
+    /// Set by `shutdown`: the refill task stops booting and ends.
+    closed: std::sync::atomic::AtomicBool,
+    refill_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,10 +238,14 @@ impl MicrovmProvider {
             hot: Mutex::new(Vec::new()),
             refill: tokio::sync::Notify::new(),
             network,
+            snapshot: tokio::sync::Mutex::new(None),
+            closed: std::sync::atomic::AtomicBool::new(false),
+            refill_task: Mutex::new(None),
         });
         inner.reap_unassigned().await;
         if inner.config.min_hot > 0 {
-            tokio::spawn(refill_loop(Arc::downgrade(&inner)));
+            let task = tokio::spawn(refill_loop(Arc::downgrade(&inner)));
+            *inner.refill_task.lock().expect("refill lock") = Some(task);
         }
         Ok(MicrovmProvider { inner })
     }
@@ -285,10 +297,18 @@ impl MicrovmProvider {
     /// Stops the pre-booted pool and destroys its VMs (runner VMs stay;
     /// the pool's firewall table goes when no runner VM is left).
     pub async fn shutdown(&self) {
+        self.inner.closed.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.refill.notify_one();
+        let task = self.inner.refill_task.lock().expect("refill lock").take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
         let hot: Vec<Arc<Vm>> = std::mem::take(&mut *self.inner.hot.lock().expect("hot lock"));
         for vm in hot {
             self.inner.vm_destroy(&vm).await;
         }
+        self.inner.snapshot.lock().await.take();
+        let _ = std::fs::remove_dir_all(self.inner.config.state_dir.join(SNAPSHOT_DIR));
         if let Some(network) = &self.inner.network
             && self.inner.runners.lock().expect("runners lock").is_empty()
             && self.inner.disk_vms().is_empty()
@@ -299,24 +319,7 @@ impl MicrovmProvider {
 
     /// Boots a VM to idle and saves it (state + frozen disk) under `dir`.
     pub async fn snapshot_create(&self, dir: &Path) -> Result<bench::Snapshot, MicrovmError> {
-        let inner = &self.inner;
-        let vm = inner.vm_boot(None, None).await?;
-        let timeout = Duration::from_secs(inner.config.boot_timeout_secs);
-        if !wait_idle(&vm, timeout).await {
-            inner.vm_destroy(&vm).await;
-            return Err(MicrovmError::Vmm(vmm::VmmError::Timeout));
-        }
-        let snapshot =
-            bench::Snapshot { state: dir.join("state.bin"), disk: dir.join("disk.qcow2") };
-        let saved = inner.vmm.snapshot_save(&vm.plan, &snapshot.state).await;
-        if saved.is_ok() {
-            // QEMU holds the overlay open; the name moves, the VM is paused.
-            std::fs::rename(&vm.plan.disk, &snapshot.disk)
-                .map_err(io_err("freezing the disk to", &snapshot.disk))?;
-        }
-        inner.vm_destroy(&vm).await;
-        saved?;
-        Ok(snapshot)
+        self.inner.snapshot_create(dir).await
     }
 
     /// Restores one VM from `snapshot`, waits for its agent's `ready`,
@@ -639,6 +642,39 @@ impl Inner {
         }
     }
 
+    async fn snapshot_create(&self, dir: &Path) -> Result<bench::Snapshot, MicrovmError> {
+        let inner = self;
+        std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        let vm = inner.vm_boot(None, None).await?;
+        let timeout = Duration::from_secs(inner.config.boot_timeout_secs);
+        if !wait_idle(&vm, timeout).await {
+            inner.vm_destroy(&vm).await;
+            return Err(MicrovmError::Vmm(vmm::VmmError::Timeout));
+        }
+        let snapshot =
+            bench::Snapshot { state: dir.join("state.bin"), disk: dir.join("disk.qcow2") };
+        let saved = inner.vmm.snapshot_save(&vm.plan, &snapshot.state).await;
+        if saved.is_ok() {
+            // QEMU holds the overlay open; the name moves, the VM is paused.
+            std::fs::rename(&vm.plan.disk, &snapshot.disk)
+                .map_err(io_err("freezing the disk to", &snapshot.disk))?;
+        }
+        inner.vm_destroy(&vm).await;
+        saved?;
+        Ok(snapshot)
+    }
+
+    /// The pool's snapshot of an idle VM, made on first use.
+    async fn pool_snapshot(&self) -> Result<bench::Snapshot, MicrovmError> {
+        let mut cached = self.snapshot.lock().await;
+        if let Some(snapshot) = cached.as_ref() {
+            return Ok(snapshot.clone());
+        }
+        let snapshot = self.snapshot_create(&self.config.state_dir.join(SNAPSHOT_DIR)).await?;
+        *cached = Some(snapshot.clone());
+        Ok(snapshot)
+    }
+
     /// VM directories on disk (the truth after a restart).
     fn disk_vms(&self) -> Vec<DiskVm> {
         let Ok(entries) = std::fs::read_dir(&self.config.state_dir) else { return Vec::new() };
@@ -860,6 +896,9 @@ async fn send_to_guest(
 async fn refill_loop(inner: Weak<Inner>) {
     loop {
         let Some(strong) = inner.upgrade() else { return };
+        if strong.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         // Forget dead pre-booted VMs (and clean their directories).
         let dead: Vec<Arc<Vm>> = {
             let mut hot = strong.hot.lock().expect("hot lock");
@@ -874,7 +913,22 @@ async fn refill_loop(inner: Weak<Inner>) {
         let missing =
             strong.config.min_hot.saturating_sub(strong.hot.lock().expect("hot lock").len());
         if missing > 0 {
-            match strong.vm_boot(None, None).await {
+            let snapshot = if strong.config.prebooted_restore {
+                match strong.pool_snapshot().await {
+                    Ok(snapshot) => Some(snapshot),
+                    Err(e) => {
+                        tracing::warn!(pool = %strong.pool, error = %e, "snapshot failed; booting cold");
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            match strong.vm_boot(None, snapshot.as_ref()).await {
+                Ok(vm) if strong.closed.load(std::sync::atomic::Ordering::SeqCst) => {
+                    strong.vm_destroy(&vm).await;
+                    return;
+                }
                 Ok(vm) => strong.hot.lock().expect("hot lock").push(vm),
                 Err(e) => {
                     tracing::warn!(pool = %strong.pool, error = %e, "pre-booting a vm failed");

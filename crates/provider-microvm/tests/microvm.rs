@@ -328,14 +328,20 @@ async fn after_a_restart_list_reports_forgotten_vms_and_destroy_reaps_them() {
     drop(before); // hangar "crashes": its VMs keep running
 
     let after = MicrovmProvider::new(pool(), config(&env, state.path())).await.unwrap();
-    assert!(!process_alive(hot_pid), "the idle pre-booted vm of the old process was reaped");
+    wait_for("the old process's idle pre-booted vm to be reaped", BOOT, || async {
+        (!process_alive(hot_pid)).then_some(())
+    })
+    .await;
     let listed = after.list().await.unwrap();
     assert_eq!(listed.len(), 1, "{listed:?}");
     assert_eq!(listed[0].runner_id, spec.runner_id);
     assert_eq!(listed[0].state, InstanceState::Running);
     assert!(listed[0].detail.starts_with("orphan"), "{}", listed[0].detail);
     after.destroy(&spec.runner_id).await.unwrap();
-    assert!(!process_alive(runner_pid));
+    wait_for("the orphan's qemu to end", BOOT, || async {
+        (!process_alive(runner_pid)).then_some(())
+    })
+    .await;
     assert!(after.list().await.unwrap().is_empty());
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
 }
@@ -389,4 +395,36 @@ fn anyhow_chain(e: &dyn std::error::Error) -> Vec<String> {
         source = s.source();
     }
     out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prebooted_vms_restored_from_a_snapshot_run_runners() {
+    let Some(env) = env() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let mut c = config(&env, state.path());
+    c.min_hot = 1;
+    c.prebooted_restore = true;
+    let provider = MicrovmProvider::new(pool(), c).await.unwrap();
+    for round in 0..2 {
+        wait_for("a restored idle vm", BOOT, || async { (provider.hot_idle() == 1).then_some(()) })
+            .await;
+        let spec = spec(&format!("echo restored-ran-{round}; date +%s"));
+        provider.launch(&spec).await.unwrap();
+        assert_eq!(exit_code(&provider, &spec.runner_id).await, Some(0));
+        let out = console(&provider, &spec.runner_id);
+        assert!(out.contains(&format!("restored-ran-{round}")), "{out}");
+        let host_now = chrono::Utc::now().timestamp();
+        let guest_now: i64 = out
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .next_back()
+            .unwrap_or_else(|| panic!("the guest printed its clock: {out}"));
+        assert!(
+            (host_now - guest_now).abs() < 60,
+            "the restored guest's clock was set from the host: {out}"
+        );
+        provider.destroy(&spec.runner_id).await.unwrap();
+    }
+    provider.shutdown().await;
+    assert_eq!(dir_entries(state.path()), Vec::<String>::new());
 }
