@@ -33,8 +33,9 @@ enum Command {
     /// Build and list microVM guest images (kernel + root filesystem).
     #[command(subcommand)]
     Image(cmd::image::Command),
-    /// Measure a provider on this host (`hangar bench microvm --runs N --json`).
-    Bench(cmd::bench::Args),
+    /// Reproducible measurements (see docs/BENCHMARKS.md).
+    #[command(subcommand)]
+    Bench(cmd::bench::Command),
 }
 
 /// Where `--config` points, else `HANGAR_CONFIG`, else `./hangar.toml` when
@@ -54,7 +55,7 @@ fn main() -> Result<()> {
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
             Command::Image(command) => cmd::image::run(command).await,
-            Command::Bench(args) => cmd::bench::run(args).await,
+            Command::Bench(command) => cmd::bench::run(command).await,
         }
     })
 }

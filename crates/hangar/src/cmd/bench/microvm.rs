@@ -4,14 +4,12 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Args as ClapArgs;
 use hangar_provider_microvm::{MicrovmConfig, bench, image};
 
 #[derive(Debug, ClapArgs)]
 pub(crate) struct Args {
-    /// What to measure: `microvm`.
-    what: String,
     #[arg(long, default_value_t = 10)]
     runs: usize,
     /// Print one JSON object (milliseconds, MiB).
@@ -32,10 +30,7 @@ pub(crate) struct Args {
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
-    if args.what != "microvm" {
-        bail!("unknown benchmark {:?} (known: microvm)", args.what);
-    }
-    let cache = super::image::cache_dir(args.cache);
+    let cache = super::super::image::cache_dir(args.cache);
     let info = image::image_list(&cache).into_iter().find(|i| i.name == args.image).with_context(
         || format!("no image {:?} in {} (hangar image build)", args.image, cache.display()),
     )?;

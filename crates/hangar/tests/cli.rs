@@ -1,0 +1,151 @@
+//! The `hangar` binary as scripts use it: `serve --listen --data-dir` with
+//! the secret from `HANGAR_WEBHOOK_SECRET` alone, `jobs`, `job`,
+//! `config check`, and a restart on the same data.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use hmac::{Hmac, Mac};
+
+const SECRET: &str = "cli-test-secret";
+
+fn hangar() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hangar"))
+}
+
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Serve {
+    fn start(data_dir: &Path) -> Serve {
+        let mut child = hangar()
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("HANGAR_WEBHOOK_SECRET", SECRET)
+            .env_remove("HANGAR_CONFIG")
+            .current_dir(data_dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start hangar serve");
+        let mut first_line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut first_line)
+            .expect("read the first line");
+        let url = first_line
+            .trim()
+            .strip_prefix("hangar listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
+            .to_owned();
+        Serve { child, url }
+    }
+
+    /// SIGTERM, then wait: the graceful path.
+    fn stop(mut self) {
+        let pid = self.child.id().to_string();
+        let status = Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
+        assert!(status.success());
+        let exit = self.child.wait().expect("wait");
+        assert!(exit.success(), "hangar serve exited with {exit}");
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn fixture(path: &str) -> Vec<u8> {
+    let root =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/github/webhooks");
+    std::fs::read(root.join(path)).expect("fixture")
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).expect("key");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+async fn deliver(url: &str, id: &str, file: &str) -> u16 {
+    let body = fixture(file);
+    reqwest::Client::new()
+        .post(format!("{url}/webhook"))
+        .header("X-GitHub-Event", "workflow_job")
+        .header("X-GitHub-Delivery", id)
+        .header("X-Hub-Signature-256", sign(&body))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .expect("deliver")
+        .status()
+        .as_u16()
+}
+
+fn run(args: &[&str], url: &str) -> (bool, String) {
+    let out = hangar().args(args).env("HANGAR_URL", url).output().expect("run hangar");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_records_jobs_and_keeps_them_across_a_restart() {
+    let dir = tempfile::tempdir().expect("dir");
+    let serve = Serve::start(dir.path());
+    assert_eq!(
+        deliver(&serve.url, "a", "workflow_job/queued.with-deployment.payload.json").await,
+        200
+    );
+    assert_eq!(
+        deliver(&serve.url, "b", "workflow_job/in_progress.with-queued-steps.payload.json").await,
+        200
+    );
+
+    let (ok, table) = run(&["jobs"], &serve.url);
+    assert!(ok, "{table}");
+    assert!(table.contains("14541957942") && table.contains("in_progress"), "{table}");
+    let (ok, json) = run(&["jobs", "--json", "--state", "in_progress"], &serve.url);
+    assert!(ok, "{json}");
+    let page: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(page["jobs"].as_array().expect("jobs").len(), 1);
+
+    serve.stop();
+    let serve = Serve::start(dir.path());
+    let (ok, detail) = run(&["job", "14541957942"], &serve.url);
+    assert!(ok, "{detail}");
+    assert!(detail.contains("Do examples need to be regenerated?"), "{detail}");
+    assert!(detail.contains("in_progress") && detail.contains(" b "), "{detail}");
+    let (ok, missing) = run(&["job", "1"], &serve.url);
+    assert!(!ok && missing.contains("404"), "{missing}");
+    assert_eq!(
+        deliver(&serve.url, "b", "workflow_job/in_progress.with-queued-steps.payload.json").await,
+        200
+    );
+    let (_, json) = run(&["jobs", "--json"], &serve.url);
+    let page: serde_json::Value = serde_json::from_str(&json).expect("json");
+    assert_eq!(page["jobs"].as_array().expect("jobs").len(), 2);
+}
+
+#[test]
+fn config_check_names_the_file_the_key_and_the_problem() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hangar.toml");
+    let (ok, text) = run(&["config", "check", "--config", examples.to_str().expect("utf-8")], "");
+    assert!(ok, "{text}");
+    assert!(text.contains("hangar.toml: ok"), "{text}");
+
+    let dir = tempfile::tempdir().expect("dir");
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "[server]\nlisten = \"127.0.0.1:80\"\ndata_dri = \"/x\"\n")
+        .expect("write");
+    let (ok, text) = run(&["config", "check", "--config", broken.to_str().expect("utf-8")], "");
+    assert!(!ok);
+    assert!(text.contains("broken.toml:3: key `server"), "{text}");
+    assert!(text.contains("unknown field `data_dri`"), "{text}");
+}
