@@ -2,9 +2,9 @@
 //!
 //! It is deliberately synchronous std code with no runtime: it does a few
 //! things in order and must be small and boring. Order:
-//! mounts → find the virtio-serial port → say `ready` → wait for `start`
-//! (loopback and eth0 come up meanwhile in a thread) → dockerd (if the
-//! image has it) → runner as the unprivileged user → report → power off.
+//! mounts → network (in a thread) while finding the virtio-serial port →
+//! say `ready` → wait for `start` → dockerd (if the image has it) → runner
+//! as the unprivileged user → report → power off.
 //!
 //! Power-off: the kernel runs with `reboot=t` and QEMU with `-no-reboot`, so
 //! `reboot(RB_AUTOBOOT)` ends the QEMU process, and the host sees "VM gone"
@@ -47,8 +47,8 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     log("mounted");
-    // The network comes up while the agent says ready and waits for the
-    // spec (exec'ing `ip` is slow under TCG); the runner waits for it.
+    // The network comes up while the agent finds its port; `ready` waits
+    // for it, so a pre-booted VM is fully prepared when it says ready.
     let network = std::thread::spawn(move || {
         let result = network_up(&cmdline);
         log("network up");
@@ -67,6 +67,7 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         .map_err(|e| format!("opening {}: {e}", port_path.display()))?;
     let mut writer = port.try_clone().map_err(|e| format!("cloning the port: {e}"))?;
     *port_out = Some(port.try_clone().map_err(|e| format!("cloning the port: {e}"))?);
+    network.join().map_err(|_| "the network thread panicked".to_owned())??;
     send(&mut writer, &GuestMessage::Ready)?;
     log("ready");
 
@@ -96,7 +97,6 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     }
     let _ = nix::unistd::sethostname(&runner_id);
 
-    network.join().map_err(|_| "the network thread panicked".to_owned())??;
     if let Some(dockerd) = config.dockerd.as_deref().filter(|d| Path::new(d).exists()) {
         start_dockerd(dockerd)?;
     }
