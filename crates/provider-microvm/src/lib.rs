@@ -218,6 +218,7 @@ impl MicrovmProvider {
     ) -> Result<MicrovmProvider, MicrovmError> {
         std::fs::create_dir_all(&config.state_dir)
             .map_err(io_err("creating the state dir", &config.state_dir))?;
+        private_dir(&config.state_dir)?;
         let probe = accel::accel_probe(Path::new("/"));
         let accel = accel::accel_resolve(config.accel, &probe);
         let boots = config.max_parallel_boots.unwrap_or_else(|| {
@@ -547,6 +548,7 @@ impl Inner {
             return Err(MicrovmError::SocketPath { path: socket });
         }
         std::fs::create_dir_all(dir).map_err(io_err("creating the vm dir", dir))?;
+        private_dir(dir)?;
         if let Some(runner) = runner {
             let file = dir.join(RUNNER_FILE);
             std::fs::write(&file, runner.as_str()).map_err(io_err("writing", &file))?;
@@ -779,6 +781,14 @@ fn kill_vm_process(pid: u32, dir: &Path) {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+/// Only hangar's user may enter: the agent socket in a VM directory is
+/// where the JIT config goes, and the first process to connect gets it.
+fn private_dir(dir: &Path) -> Result<(), MicrovmError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io_err("restricting", dir))
 }
 
 fn absolute(path: &Path) -> PathBuf {

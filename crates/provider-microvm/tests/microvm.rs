@@ -34,6 +34,27 @@ fn env() -> Option<Env> {
     })
 }
 
+/// Kills every VM under a state dir when a test ends, also when it fails
+/// half-way (a failed assertion must not leave QEMU running on CI).
+struct Reaper(PathBuf);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        for dir in dir_entries(&self.0) {
+            let pid = std::fs::read_to_string(self.0.join(&dir).join("pid")).unwrap_or_default();
+            if let Ok(pid) = pid.trim().parse::<i32>() {
+                let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                if String::from_utf8_lossy(&cmdline).contains(&dir) {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+            }
+        }
+    }
+}
+
 fn config(env: &Env, state: &Path) -> MicrovmConfig {
     let mut c = MicrovmConfig::new(env.kernel.clone(), env.rootfs.clone(), state.to_owned());
     c.qemu = env.qemu.clone();
@@ -105,6 +126,7 @@ fn sha256_file(path: &Path) -> String {
 async fn a_runner_runs_unprivileged_with_its_jit_config_and_destroy_leaves_nothing() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let provider = MicrovmProvider::new(pool(), config(&env, state.path())).await.unwrap();
     assert!(provider.health().await.ok, "{:?}", provider.health().await);
     let spec = spec("cat /proc/cmdline; echo job-ran; exit 7");
@@ -115,7 +137,12 @@ async fn a_runner_runs_unprivileged_with_its_jit_config_and_destroy_leaves_nothi
     let again = provider.launch(&spec).await.unwrap();
     assert_eq!(first.detail, again.detail, "launch is idempotent by runner id");
     assert_eq!(provider.list().await.unwrap().len(), 1);
-    assert_eq!(dir_entries(state.path()).len(), 1, "one vm directory");
+    let vm_dirs = dir_entries(state.path());
+    assert_eq!(vm_dirs.len(), 1, "one vm directory");
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(state.path().join(&vm_dirs[0])).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o700, "only hangar's user may reach the agent socket");
 
     assert_eq!(exit_code(&provider, &spec.runner_id).await, Some(7));
     let out = console(&provider, &spec.runner_id);
@@ -148,6 +175,7 @@ async fn a_runner_runs_unprivileged_with_its_jit_config_and_destroy_leaves_nothi
 async fn job_writes_never_reach_the_base_image_or_another_vm() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let before = sha256_file(&env.rootfs);
     let provider = MicrovmProvider::new(pool(), config(&env, state.path())).await.unwrap();
     let marker = format!("marker-{:016x}", rand::random::<u64>());
@@ -182,6 +210,7 @@ async fn job_writes_never_reach_the_base_image_or_another_vm() {
 async fn a_vm_without_network_cannot_reach_host_loopback_services() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -207,6 +236,7 @@ async fn a_vm_without_network_cannot_reach_host_loopback_services() {
 async fn a_nat_vm_cannot_reach_the_host_itself() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let mut config = config(&env, state.path());
     config.network = NetworkConfig::Nat {
         // A range no test machine uses; nothing is sent beyond the host:
@@ -247,6 +277,7 @@ async fn a_nat_vm_cannot_reach_the_host_itself() {
 async fn qemu_failing_to_start_leaks_nothing() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let mut missing_binary = config(&env, state.path());
     missing_binary.qemu = PathBuf::from("/nonexistent/qemu-system-x86_64");
     let provider = MicrovmProvider::new(pool(), missing_binary).await.unwrap();
@@ -274,6 +305,7 @@ async fn qemu_failing_to_start_leaks_nothing() {
 async fn a_guest_that_never_reports_ready_is_killed_at_the_boot_timeout() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let mut c = config(&env, state.path());
     c.boot_timeout_secs = 1; // far less than a TCG boot
     let provider = MicrovmProvider::new(pool(), c).await.unwrap();
@@ -290,6 +322,7 @@ async fn a_guest_that_never_reports_ready_is_killed_at_the_boot_timeout() {
 async fn a_vm_dying_mid_job_is_reported_and_leaks_nothing() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let provider = MicrovmProvider::new(pool(), config(&env, state.path())).await.unwrap();
     let spec = spec("sleep 600");
     provider.launch(&spec).await.unwrap();
@@ -312,6 +345,7 @@ async fn a_vm_dying_mid_job_is_reported_and_leaks_nothing() {
 async fn after_a_restart_list_reports_forgotten_vms_and_destroy_reaps_them() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let mut hot = config(&env, state.path());
     hot.min_hot = 1;
     let before = MicrovmProvider::new(pool(), hot).await.unwrap();
@@ -350,6 +384,7 @@ async fn after_a_restart_list_reports_forgotten_vms_and_destroy_reaps_them() {
 async fn a_prebooted_vm_takes_the_runner_spec_and_the_pool_refills() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let mut c = config(&env, state.path());
     c.min_hot = 1;
     let provider = MicrovmProvider::new(pool(), c).await.unwrap();
@@ -371,6 +406,7 @@ async fn a_prebooted_vm_takes_the_runner_spec_and_the_pool_refills() {
 async fn an_idle_vm_snapshot_restores_to_a_ready_agent() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let snap = tempfile::tempdir().unwrap();
     let provider = MicrovmProvider::new(pool(), config(&env, state.path())).await.unwrap();
     let snapshot = match provider.snapshot_create(snap.path()).await {
@@ -401,6 +437,7 @@ fn anyhow_chain(e: &dyn std::error::Error) -> Vec<String> {
 async fn prebooted_vms_restored_from_a_snapshot_run_runners() {
     let Some(env) = env() else { return };
     let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
     let mut c = config(&env, state.path());
     c.min_hot = 1;
     c.prebooted_restore = true;
