@@ -5,6 +5,7 @@
 //! (see `prepare`), then runs every test, then the lints. Nothing here is a
 //! shell script, so it is checked by the compiler like the rest.
 
+mod bench_cache;
 mod prepare;
 mod tidy;
 
@@ -33,7 +34,7 @@ enum Cmd {
     Tidy,
     /// Only prepare what the tests need; print the environment as `export` lines.
     Prepare,
-    /// Benchmarks (interim home until `hangar bench` exists): `bench microvm --runs N --json`.
+    /// `bench microvm --runs N --json` (same as `hangar bench microvm`).
     Bench {
         /// What to measure: `microvm`.
         what: String,
@@ -42,6 +43,12 @@ enum Cmd {
         /// Print one JSON object instead of a table.
         #[arg(long)]
         json: bool,
+    },
+    /// Benchmark the cache server with the real client (docs/BENCHMARKS.md).
+    BenchCache {
+        /// Runs per size and operation.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
     },
 }
 
@@ -65,6 +72,7 @@ fn main() -> Result<()> {
             drop(env);
             Ok(())
         }
+        Cmd::BenchCache { runs } => bench_cache::run(&root, runs),
     }
 }
 

@@ -25,6 +25,8 @@ pub(crate) struct HangarConfig {
     pub(crate) webhook: hangar_server::WebhookConfig,
     #[serde(default)]
     pub(crate) store: hangar_store::Config,
+    #[serde(default)]
+    pub(crate) cache: hangar_cache::CacheConfig,
 }
 
 /// Environment variables that override the file.
@@ -91,6 +93,10 @@ impl HangarConfig {
             && !(url.starts_with("sqlite:") || url.starts_with("postgres"))
         {
             return Err(invalid("store.url", "expected a sqlite://PATH or postgres://... URL"));
+        }
+        if let Err(e) = self.cache.settings() {
+            let message = format!("expected {}, got {:?}", e.expected, e.value);
+            return Err(invalid(&format!("cache.{}", e.key), &message));
         }
         Ok(())
     }
@@ -186,6 +192,12 @@ mod tests {
             error,
             "hangar.toml: key `server.api_token`: expected a token of at least 16 characters"
         );
+
+        let error = parse("[cache]\nttl = \"soon\"\n").unwrap_err();
+        assert!(error.contains("key `cache.ttl`: expected a duration"), "{error}");
+
+        let error = parse("[cache]\nstorage = \"/tmp/x\"\n").unwrap_err();
+        assert!(error.contains("key `cache.storage`: expected file:///"), "{error}");
 
         let error = parse("[store]\nurl = \"mysql://x\"\n").unwrap_err();
         assert!(error.contains("key `store.url`: expected a sqlite://PATH"), "{error}");

@@ -33,6 +33,8 @@ enum Command {
     /// Build and list microVM guest images (kernel + root filesystem).
     #[command(subcommand)]
     Image(cmd::image::Command),
+    /// Inspect and prune the GitHub Actions cache.
+    Cache(cmd::cache::Args),
     /// Reproducible measurements (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
@@ -55,6 +57,7 @@ fn main() -> Result<()> {
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
             Command::Image(command) => cmd::image::run(command).await,
+            Command::Cache(args) => cmd::cache::run(args).await,
             Command::Bench(command) => cmd::bench::run(command).await,
         }
     })

@@ -20,6 +20,8 @@
 //! Every state change is a conditional write on the row's generation and
 //! reports whether it applied (`jobs::job_write`).
 
+mod batch;
+mod cache;
 mod error;
 mod jobs;
 mod writer;
@@ -31,6 +33,7 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+pub use cache::{CacheEntry, CacheEntryState, CacheRepoStats, NewCacheEntry, cache_key_norm};
 pub use error::StoreError;
 pub use jobs::{DeliveryOutcome, DeliveryRecord, JobFilter, JobPage, NewDelivery};
 

@@ -12,8 +12,10 @@
 //! and a fresh machine still works.
 
 pub(crate) mod images;
+mod npm;
 mod packages;
 mod postgres;
+mod s3;
 
 use std::path::{Path, PathBuf};
 
@@ -32,7 +34,15 @@ pub(crate) fn all(root: &Path) -> Result<TestEnv> {
     packages::ensure(&packages::NEEDED)?;
     postgres::prepare(root, &mut env)?;
     images::prepare(root, &mut env)?;
+    npm::prepare(root, &mut env)?;
+    s3::prepare(root, &mut env)?;
     Ok(env)
+}
+
+/// Only the npm clients (for `cargo xtask bench-cache`).
+pub(crate) fn npm_only(root: &Path, env: &mut TestEnv) -> Result<()> {
+    packages::ensure(&packages::NEEDED)?;
+    npm::prepare(root, env)
 }
 
 /// Where slow-to-rebuild test inputs are cached, outside the clone.

@@ -6,7 +6,14 @@ use std::process::Command;
 use anyhow::Result;
 
 /// (a command that proves the package is there, the package that provides it)
-pub(crate) const NEEDED: [(&str, &str); 11] = [
+pub(crate) const NEEDED: [(&str, &str); 16] = [
+    // The real @actions/cache client and the tools it runs.
+    ("node", "nodejs"),
+    ("npm", "npm"),
+    ("zstd", "zstd"),
+    // The S3-compatible test server (moto) is installed into a virtualenv.
+    ("python3", "python3"),
+    ("/usr/share/doc/python3-venv", "python3-venv"),
     ("/usr/lib/postgresql", "postgresql"),
     // microVM provider (issue 4): QEMU, the image builder's tools, and
     // Debian's kernel source with what building it needs.
@@ -48,7 +55,7 @@ pub(crate) fn ensure(needed: &[(&str, &str)]) -> Result<()> {
     )
 }
 
-fn probe_exists(probe: &str) -> bool {
+pub(crate) fn probe_exists(probe: &str) -> bool {
     if probe.starts_with('/') {
         return std::path::Path::new(probe).exists();
     }

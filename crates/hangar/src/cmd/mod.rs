@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub(crate) mod bench;
+pub(crate) mod cache;
 pub(crate) mod config;
 pub(crate) mod image;
 pub(crate) mod jobs;

@@ -47,7 +47,14 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         ApiAccess::new(effective.listen.ip().is_loopback(), effective.api_token.as_deref());
     let secret = effective.webhook_secret.as_deref().map(WebhookSecret::new);
     let state = ServerState::new(store.clone(), secret, access);
-    let app = hangar_server::router(state);
+    let mut app = hangar_server::router(state);
+    // The cache answers on the same listener, at the paths the clients expect.
+    let mut eviction = None;
+    if config.cache.enabled {
+        let cache = super::cache::service(&config.cache, &effective.data_dir, &store)?;
+        eviction = Some(hangar_cache::evict::spawn_schedule(cache.clone()));
+        app = app.merge(hangar_cache::router(cache));
+    }
 
     let listener = tokio::net::TcpListener::bind(effective.listen)
         .await
@@ -60,6 +67,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving HTTP")?;
+    if let Some(eviction) = eviction {
+        eviction.abort();
+    }
     tracing::info!("Shutting down: flushing the store.");
     store.close().await;
     Ok(())

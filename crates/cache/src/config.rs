@@ -1,0 +1,246 @@
+//! The `[cache]` section of `hangar.toml`.
+//!
+//! ```toml
+//! [cache]
+//! storage = "file:///var/lib/hangar/cache"   # or "s3://bucket/prefix" (AWS_* env)
+//! token_issuer = "https://token.actions.githubusercontent.com"
+//! token_jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+//! ttl = "7d"                      # unused entries older than this are evicted
+//! max_repo_bytes = 10000000000    # per repository, least recently used evicted first
+//! eviction_schedule = "every 1h"  # or "daily 03:00" (UTC)
+//! # public_url = "https://cache.example"   # origin in signed URLs; default: the request's Host
+//! # insecure_skip_token_verification = true  # development only, logged loudly
+//! ```
+//!
+//! Durations are `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// GitHub's token issuer, the default.
+pub const GITHUB_ISSUER: &str = "https://token.actions.githubusercontent.com";
+/// GitHub's JWKS, the default.
+pub const GITHUB_JWKS_URL: &str = "https://token.actions.githubusercontent.com/.well-known/jwks";
+
+/// The `[cache]` section.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Serve the cache at all.
+    pub enabled: bool,
+    /// `file:///abs/dir` or `s3://bucket/prefix`; default `<data-dir>/cache`.
+    pub storage: Option<String>,
+    pub token_issuer: String,
+    pub token_jwks_url: String,
+    /// Development only: accept tokens without verifying them.
+    pub insecure_skip_token_verification: bool,
+    /// The origin put into signed upload/download URLs (e.g. `http://10.0.0.1:8080`).
+    /// Default: `http://` + the request's `Host` header.
+    pub public_url: Option<String>,
+    /// Secret for signing URLs (hex or any string). Default: random per process,
+    /// so URLs handed out before a restart stop working.
+    pub url_signing_key: Option<String>,
+    /// How long signed URLs stay valid.
+    pub url_ttl: String,
+    /// Evict entries unused for this long.
+    pub ttl: String,
+    /// Per-repository size cap in bytes.
+    pub max_repo_bytes: u64,
+    /// Largest single entry accepted, in bytes.
+    pub max_entry_bytes: u64,
+    /// Unfinished uploads older than this are purged.
+    pub upload_timeout: String,
+    /// `every <duration>` or `daily HH:MM` (UTC).
+    pub eviction_schedule: String,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            storage: None,
+            token_issuer: GITHUB_ISSUER.to_owned(),
+            token_jwks_url: GITHUB_JWKS_URL.to_owned(),
+            insecure_skip_token_verification: false,
+            public_url: None,
+            url_signing_key: None,
+            url_ttl: "6h".to_owned(),
+            ttl: "7d".to_owned(),
+            max_repo_bytes: 10_000_000_000,
+            max_entry_bytes: 50 * 1024 * 1024 * 1024,
+            upload_timeout: "30m".to_owned(),
+            eviction_schedule: "every 1h".to_owned(),
+        }
+    }
+}
+
+/// A config value that does not parse; names the key and what was expected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("[cache] {key} = {value:?}: expected {expected}")]
+pub struct ConfigError {
+    pub key: &'static str,
+    pub value: String,
+    pub expected: &'static str,
+}
+
+/// When eviction runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Schedule {
+    Every(Duration),
+    /// Daily at this many minutes after midnight UTC.
+    DailyAt {
+        minute_of_day: u32,
+    },
+}
+
+/// The parsed, checked settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub url_ttl: Duration,
+    pub ttl: Duration,
+    pub upload_timeout: Duration,
+    pub schedule: Schedule,
+    pub max_repo_bytes: u64,
+    pub max_entry_bytes: u64,
+}
+
+impl CacheConfig {
+    /// Checks every value; the first bad one is the error.
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
+        let duration = |key, value: &str| {
+            parse_duration(value).ok_or(ConfigError {
+                key,
+                value: value.to_owned(),
+                expected: "a duration such as 30s, 30m, 72h or 7d",
+            })
+        };
+        if let Some(storage) = &self.storage {
+            let ok = storage.starts_with("file:///") || storage.starts_with("s3://");
+            if !ok {
+                return Err(ConfigError {
+                    key: "storage",
+                    value: storage.clone(),
+                    expected: "file:///abs/dir or s3://bucket/prefix",
+                });
+            }
+        }
+        if let Some(url) = &self.public_url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            {
+                return Err(ConfigError {
+                    key: "public_url",
+                    value: url.clone(),
+                    expected: "an http(s) URL",
+                });
+            }
+        }
+        Ok(Settings {
+            url_ttl: duration("url_ttl", &self.url_ttl)?,
+            ttl: duration("ttl", &self.ttl)?,
+            upload_timeout: duration("upload_timeout", &self.upload_timeout)?,
+            schedule: parse_schedule(&self.eviction_schedule).ok_or(ConfigError {
+                key: "eviction_schedule",
+                value: self.eviction_schedule.clone(),
+                expected: "\"every <duration>\" or \"daily HH:MM\"",
+            })?,
+            max_repo_bytes: self.max_repo_bytes,
+            max_entry_bytes: self.max_entry_bytes,
+        })
+    }
+}
+
+/// `30s`, `30m`, `72h`, `7d`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let unit = s.chars().last()?;
+    let n: u64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
+    let secs = match unit {
+        's' => n,
+        'm' => n.checked_mul(60)?,
+        'h' => n.checked_mul(3600)?,
+        'd' => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (secs > 0).then(|| Duration::from_secs(secs))
+}
+
+/// `every 1h` or `daily 03:00`.
+pub fn parse_schedule(s: &str) -> Option<Schedule> {
+    let (kind, arg) = s.trim().split_once(' ')?;
+    match kind {
+        "every" => parse_duration(arg).map(Schedule::Every),
+        "daily" => {
+            let (h, m) = arg.trim().split_once(':')?;
+            let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+            (h < 24 && m < 60).then_some(Schedule::DailyAt { minute_of_day: h * 60 + m })
+        }
+        _ => None,
+    }
+}
+
+impl Schedule {
+    /// How long from `now_ms` (unix ms) until the next run.
+    pub fn delay_from(self, now_ms: i64) -> Duration {
+        match self {
+            Schedule::Every(d) => d,
+            Schedule::DailyAt { minute_of_day } => {
+                let day_ms: i64 = 86_400_000;
+                let target = i64::from(minute_of_day) * 60_000;
+                let into_day = now_ms.rem_euclid(day_ms);
+                let wait = (target - into_day).rem_euclid(day_ms);
+                let wait = if wait == 0 { day_ms } else { wait };
+                Duration::from_millis(u64::try_from(wait).unwrap_or(0))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_match_github() {
+        let s = CacheConfig::default().settings().unwrap();
+        assert_eq!(s.ttl, Duration::from_secs(7 * 86_400));
+        assert_eq!(s.upload_timeout, Duration::from_secs(1800));
+        assert_eq!(s.max_repo_bytes, 10_000_000_000);
+    }
+
+    #[test]
+    fn toml_section_parses_and_rejects_unknown_keys() {
+        let c: CacheConfig =
+            toml_like(r#"{"storage":"s3://b/p","ttl":"72h","eviction_schedule":"daily 03:00"}"#);
+        let s = c.settings().unwrap();
+        assert_eq!(s.ttl, Duration::from_secs(72 * 3600));
+        assert_eq!(s.schedule, Schedule::DailyAt { minute_of_day: 180 });
+        assert!(serde_json::from_str::<CacheConfig>(r#"{"stroage":"x"}"#).is_err());
+    }
+
+    fn toml_like(json: &str) -> CacheConfig {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn bad_values_name_the_key() {
+        let c = CacheConfig { ttl: "soon".into(), ..CacheConfig::default() };
+        assert_eq!(c.settings().unwrap_err().key, "ttl");
+        let c = CacheConfig { storage: Some("/tmp/x".into()), ..CacheConfig::default() };
+        assert_eq!(c.settings().unwrap_err().key, "storage");
+        let c = CacheConfig { eviction_schedule: "daily 25:00".into(), ..CacheConfig::default() };
+        assert_eq!(c.settings().unwrap_err().key, "eviction_schedule");
+    }
+
+    #[test]
+    fn daily_schedule_waits_until_the_time() {
+        let s = Schedule::DailyAt { minute_of_day: 180 };
+        // 01:00 UTC → two hours.
+        assert_eq!(s.delay_from(3_600_000), Duration::from_secs(7200));
+        // 03:00 exactly → a full day.
+        assert_eq!(s.delay_from(3 * 3_600_000), Duration::from_secs(86_400));
+        // 04:00 → 23 h.
+        assert_eq!(s.delay_from(4 * 3_600_000), Duration::from_secs(23 * 3600));
+    }
+}

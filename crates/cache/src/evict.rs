@@ -1,0 +1,175 @@
+//! Eviction, as GitHub does it: entries not used for the TTL go; a
+//! repository over its size cap loses least-recently-used entries until it
+//! fits; reservations never committed within the upload timeout are purged.
+//!
+//! One pass re-reads the whole index (metadata only) and needs no input, so
+//! the scheduled run, the run after each save and `hangar cache evict
+//! --dry-run` share this code path. Time comes from the service's clock.
+
+use std::collections::BTreeMap;
+
+use crate::index::{CacheEntry, CacheEntryState};
+use crate::service::{CacheError, CacheService};
+
+/// Why an entry was (or would be) evicted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictReason {
+    /// Not used for longer than the TTL.
+    Unused,
+    /// Its repository was over the size cap; this was least recently used.
+    SizeCap,
+    /// Reserved but never committed within the upload timeout.
+    Abandoned,
+}
+
+impl EvictReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EvictReason::Unused => "unused",
+            EvictReason::SizeCap => "size_cap",
+            EvictReason::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// What one pass removed (or, in a dry run, would remove).
+#[derive(Debug, Default)]
+pub struct EvictionReport {
+    pub removed: Vec<(CacheEntry, EvictReason)>,
+}
+
+fn millis(d: std::time::Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
+/// Decides which entries go, given all entries (least recently used first).
+pub fn plan(
+    entries: &[CacheEntry],
+    now: i64,
+    ttl_ms: i64,
+    upload_timeout_ms: i64,
+    cap: u64,
+) -> Vec<(CacheEntry, EvictReason)> {
+    let mut out = Vec::new();
+    let mut kept: BTreeMap<i64, Vec<&CacheEntry>> = BTreeMap::new();
+    for e in entries {
+        match e.state {
+            CacheEntryState::Uploading if e.created_at + upload_timeout_ms < now => {
+                out.push((e.clone(), EvictReason::Abandoned));
+            }
+            CacheEntryState::Uploading => {}
+            CacheEntryState::Ready if e.last_used_at + ttl_ms < now => {
+                out.push((e.clone(), EvictReason::Unused));
+            }
+            CacheEntryState::Ready => kept.entry(e.repository_id).or_default().push(e),
+        }
+    }
+    for list in kept.values_mut() {
+        list.sort_by_key(|e| (e.last_used_at, e.id));
+        let mut total: u64 = list.iter().map(|e| e.size).sum();
+        for e in list.iter() {
+            if total <= cap {
+                break;
+            }
+            total -= e.size;
+            out.push(((*e).clone(), EvictReason::SizeCap));
+        }
+    }
+    out
+}
+
+async fn apply(
+    service: &CacheService,
+    plan: Vec<(CacheEntry, EvictReason)>,
+    dry_run: bool,
+) -> Result<EvictionReport, CacheError> {
+    if !dry_run {
+        for (entry, reason) in &plan {
+            service.entry_remove(entry).await?;
+            metrics::counter!("hangar_cache_evictions_total", "reason" => reason.as_str())
+                .increment(1);
+            tracing::info!(repository_id = entry.repository_id, entry_id = entry.id, key = %entry.key, reason = reason.as_str(), "cache: evicted");
+        }
+    }
+    Ok(EvictionReport { removed: plan })
+}
+
+/// One full pass over every repository.
+pub async fn evict(service: &CacheService, dry_run: bool) -> Result<EvictionReport, CacheError> {
+    let entries = service.index.entry_list(None).await?;
+    let s = &service.settings;
+    let plan =
+        plan(&entries, service.now(), millis(s.ttl), millis(s.upload_timeout), s.max_repo_bytes);
+    apply(service, plan, dry_run).await
+}
+
+/// Only the size cap of one repository (run after each save).
+pub async fn evict_repo_over_cap(
+    service: &CacheService,
+    repository_id: i64,
+    dry_run: bool,
+) -> Result<EvictionReport, CacheError> {
+    let entries = service.index.entry_list(Some(repository_id)).await?;
+    let plan =
+        plan(&entries, service.now(), i64::MAX / 4, i64::MAX / 4, service.settings.max_repo_bytes);
+    apply(service, plan, dry_run).await
+}
+
+/// Runs [`evict`] on the configured schedule until the task is dropped.
+pub fn spawn_schedule(service: CacheService) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            let delay = service.settings.schedule.delay_from(service.now());
+            tokio::time::sleep(delay).await;
+            match evict(&service, false).await {
+                Ok(report) => {
+                    tracing::info!(evicted = report.removed.len(), "cache: eviction pass done");
+                }
+                Err(e) => tracing::warn!(error = %e, "cache: eviction pass failed"),
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(id: i64, repo: i64, size: u64, last_used: i64, state: CacheEntryState) -> CacheEntry {
+        CacheEntry {
+            id,
+            repository_id: repo,
+            scope: "refs/heads/main".into(),
+            key: format!("k{id}"),
+            version: "v".into(),
+            blob_prefix: format!("{repo}/{id}"),
+            state,
+            size,
+            manifest: String::new(),
+            created_at: last_used,
+            committed_at: Some(last_used),
+            last_used_at: last_used,
+            hits: 0,
+            bytes_served: 0,
+        }
+    }
+
+    #[test]
+    fn ttl_cap_and_abandoned_uploads() {
+        let r = CacheEntryState::Ready;
+        let entries = vec![
+            entry(1, 1, 10, 0, r),                           // unused past the TTL
+            entry(2, 1, 60, 500, r),                         // LRU in repo 1, over cap
+            entry(3, 1, 50, 900, r),                         // kept
+            entry(4, 2, 100, 300, r),                        // repo 2 fits exactly
+            entry(5, 2, 0, 10, CacheEntryState::Uploading),  // abandoned
+            entry(6, 2, 0, 990, CacheEntryState::Uploading), // still uploading
+        ];
+        let got: Vec<(i64, EvictReason)> =
+            plan(&entries, 1000, 800, 100, 100).into_iter().map(|(e, r)| (e.id, r)).collect();
+        assert_eq!(
+            got,
+            vec![(1, EvictReason::Unused), (5, EvictReason::Abandoned), (2, EvictReason::SizeCap)]
+        );
+    }
+}

@@ -1,0 +1,285 @@
+//! `cargo xtask bench-cache`: the cache server's benchmark (issue 5).
+//!
+//! Builds `hangar` in release mode, starts `hangar serve` on 127.0.0.1 with
+//! the cache on local disk, and drives the real `@actions/cache` 6.3.0 client
+//! (protocol v2) through `crates/cache/tests/node/client.mjs`: for 150 MiB
+//! and 1 GiB incompressible files, each save and each restore in its own
+//! node process with a fresh key, workspace and `RUNNER_TEMP`, timed inside
+//! the process around the `saveCache`/`restoreCache` call (the client's own
+//! number, without node's start-up). Every restore is checked byte for byte.
+//! Then the client's own tar+zstd commands alone on the same files, the
+//! server's share (client time − tar/zstd time) as MB/s (10^6 B) of archive,
+//! and the server's peak RSS (`VmHWM`). Prints a Markdown table.
+//!
+//! The server runs with token verification off (the benchmark measures the
+//! data path, not JWKS fetching); its start-up warning says so.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+
+const MIB: u64 = 1024 * 1024;
+
+pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
+    let mut env = crate::prepare::TestEnv::default();
+    crate::prepare::npm_only(root, &mut env)?;
+    let modules = env
+        .vars
+        .iter()
+        .find(|(k, _)| k == "TEST_NODE_MODULES")
+        .map(|(_, v)| v.clone())
+        .context("npm clients could not be prepared")?;
+    crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let hangar = target.join("release").join("hangar");
+
+    let work = tempfile_dir("hangar-bench-cache")?;
+    let data = work.join("data");
+    std::fs::create_dir_all(&data)?;
+    let config = work.join("hangar.toml");
+    std::fs::write(&config, "[cache]\ninsecure_skip_token_verification = true\n")?;
+    let server = Server::start(&hangar, &config, &data)?;
+    let token = dev_token();
+
+    println!(
+        "| size | op | client s (min / med / max) | tar+zstd alone s (med) | server share s | server share MB/s |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let mut peak_after = Vec::new();
+    for (label, size) in [("150 MiB", 150 * MIB), ("1 GiB", 1024 * MIB)] {
+        let src = work.join(format!("src-{size}"));
+        std::fs::create_dir_all(&src)?;
+        let file = src.join("payload.bin");
+        write_random(&file, size)?;
+        sync();
+        let archive_size = tar_create(&src, &work.join("probe.tzst"))?.1;
+
+        let (mut saves, mut restores) = (Vec::new(), Vec::new());
+        for run in 0..runs {
+            let key = format!("bench-{size}-{run}-{}", std::process::id());
+            let ws = work.join(format!("ws-{size}-{run}"));
+            std::fs::create_dir_all(&ws)?;
+            std::fs::hard_link(&file, ws.join("payload.bin"))
+                .or_else(|_| std::fs::copy(&file, ws.join("payload.bin")).map(drop))?;
+            sync();
+            let (ms, id) = client(&modules, &server.url, &ws, &work, &token, "save", &key)?;
+            if id.as_i64().unwrap_or(-1) <= 0 {
+                bail!("save of {label} failed: {id}");
+            }
+            saves.push(ms / 1000.0);
+            std::fs::remove_dir_all(&ws)?;
+            std::fs::create_dir_all(&ws)?;
+            sync();
+            let (ms, matched) = client(&modules, &server.url, &ws, &work, &token, "restore", &key)?;
+            if matched.as_str() != Some(key.as_str()) {
+                bail!("restore of {label} missed: {matched}");
+            }
+            if !same_file(&file, &ws.join("payload.bin"))? {
+                bail!("restore of {label}: the restored file differs");
+            }
+            restores.push(ms / 1000.0);
+            std::fs::remove_dir_all(&ws)?;
+        }
+        let (mut creates, mut extracts) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            let archive = work.join("alone.tzst");
+            creates.push(tar_create(&src, &archive)?.0);
+            let out = work.join("extract");
+            let _ = std::fs::remove_dir_all(&out);
+            std::fs::create_dir_all(&out)?;
+            extracts.push(tar_extract(&archive, &out)?);
+            std::fs::remove_dir_all(&out)?;
+            std::fs::remove_file(&archive)?;
+        }
+        for (op, client_s, alone) in
+            [("save", &mut saves, &mut creates), ("restore", &mut restores, &mut extracts)]
+        {
+            let (lo, med, hi) = stats(client_s);
+            let alone_med = stats(alone).1;
+            let share = med - alone_med;
+            #[allow(clippy::cast_precision_loss)]
+            let mbps = if share > 0.0 { archive_size as f64 / share / 1e6 } else { f64::INFINITY };
+            println!(
+                "| {label} | {op} | {lo:.2} / **{med:.2}** / {hi:.2} | {alone_med:.2} | {share:.2} | {mbps:.0} |"
+            );
+        }
+        peak_after.push((label, server.peak_rss_kib()?));
+        std::fs::remove_dir_all(&src)?;
+    }
+    for (label, kib) in peak_after {
+        println!(
+            "\nserver peak RSS (VmHWM) after the {label} runs: {:.1} MB",
+            kib as f64 * 1024.0 / 1e6
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(())
+}
+
+fn tempfile_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// An unsigned-in-effect token the server accepts with verification off.
+fn dev_token() -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#);
+    let claims = URL_SAFE_NO_PAD.encode(
+        br#"{"repository_id":"1","ac":"[{\"Scope\":\"refs/heads/main\",\"Permission\":3}]","exp":4102444800,"nbf":0}"#,
+    );
+    format!("{header}.{claims}.{}", URL_SAFE_NO_PAD.encode(b"bench"))
+}
+
+fn stats(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+fn sync() {
+    let _ = Command::new("sync").status();
+}
+
+fn write_random(path: &Path, size: u64) -> Result<()> {
+    let mut random = std::fs::File::open("/dev/urandom")?.take(size);
+    let mut out = std::fs::File::create(path)?;
+    std::io::copy(&mut random, &mut out)?;
+    Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> Result<bool> {
+    let status = Command::new("cmp").arg("-s").arg(a).arg(b).status()?;
+    Ok(status.success())
+}
+
+/// The client's own compression command; returns (seconds, archive bytes).
+fn tar_create(dir: &Path, archive: &Path) -> Result<(f64, u64)> {
+    let started = Instant::now();
+    let status = Command::new("tar")
+        .args(["--posix", "-cf"])
+        .arg(archive)
+        .args(["--use-compress-program", "zstdmt", "-P", "-C"])
+        .arg(dir)
+        .arg("payload.bin")
+        .status()?;
+    let secs = started.elapsed().as_secs_f64();
+    if !status.success() {
+        bail!("tar create failed");
+    }
+    Ok((secs, std::fs::metadata(archive)?.len()))
+}
+
+fn tar_extract(archive: &Path, dir: &Path) -> Result<f64> {
+    let started = Instant::now();
+    let status = Command::new("tar")
+        .arg("-xf")
+        .arg(archive)
+        .args(["-P", "-C"])
+        .arg(dir)
+        .args(["--use-compress-program", "unzstd"])
+        .status()?;
+    if !status.success() {
+        bail!("tar extract failed");
+    }
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// One client call in its own node process; returns (ms, result value).
+fn client(
+    modules: &str,
+    url: &str,
+    ws: &Path,
+    work: &Path,
+    token: &str,
+    op: &str,
+    key: &str,
+) -> Result<(f64, serde_json::Value)> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("root");
+    let temp = work.join("runner-temp");
+    let _ = std::fs::remove_dir_all(&temp);
+    std::fs::create_dir_all(&temp)?;
+    let mut call = serde_json::json!({
+        "op": op, "key": key, "paths": ["payload.bin"], "workspace": ws, "token": token,
+    });
+    if op == "restore" {
+        call["restoreKeys"] = serde_json::json!([]);
+    }
+    let out = Command::new("node")
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::var("HOME").unwrap_or_default())
+        .env("RUNNER_TEMP", &temp)
+        .env("ACTIONS_CACHE_SERVICE_V2", "true")
+        .env("ACTIONS_RESULTS_URL", format!("{url}/"))
+        .arg(root.join("crates/cache/tests/node/client.mjs"))
+        .arg(modules)
+        .arg("cache6")
+        .arg(serde_json::Value::Array(vec![call]).to_string())
+        .stderr(Stdio::inherit())
+        .output()?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() || stdout.contains("::warning::") {
+        bail!("client {op} failed or warned:\n{stdout}");
+    }
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("HANGAR_RESULT 0 "))
+        .context("no result line")?;
+    let result: serde_json::Value = serde_json::from_str(line)?;
+    let ms = result["ms"].as_f64().context("no time")?;
+    let value = if op == "save" { result["id"].clone() } else { result["key"].clone() };
+    Ok((ms, value))
+}
+
+struct Server {
+    child: Child,
+    url: String,
+}
+
+impl Server {
+    fn start(hangar: &Path, config: &Path, data: &Path) -> Result<Server> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new(hangar)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--data-dir")
+            .arg(data)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting hangar serve")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!("hangar serve did not listen within 30 s");
+            }
+            std::thread::park_timeout(Duration::from_millis(50));
+        }
+        Ok(Server { child, url: format!("http://127.0.0.1:{port}") })
+    }
+
+    fn peak_rss_kib(&self) -> Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).context("no VmHWM")?;
+        Ok(line.split_whitespace().nth(1).context("VmHWM value")?.parse()?)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
