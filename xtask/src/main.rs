@@ -32,6 +32,18 @@ enum Cmd {
     },
     /// Check the architecture invariants that a command can check.
     Tidy,
+    /// Only prepare what the tests need; print the environment as `export` lines.
+    Prepare,
+    /// `bench microvm --runs N --json` (same as `hangar bench microvm`).
+    Bench {
+        /// What to measure: `microvm`.
+        what: String,
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Benchmark the cache server with the real client (docs/BENCHMARKS.md).
     BenchCache {
         /// Runs per size and operation.
@@ -47,6 +59,19 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Test { nextest_args } => test(&root, &nextest_args),
         Cmd::Tidy => tidy::run(&root),
+        Cmd::Bench { what, runs, json } => match what.as_str() {
+            "microvm" => prepare::images::bench_microvm(&root, runs, json),
+            other => anyhow::bail!("unknown benchmark {other:?} (known: microvm)"),
+        },
+        Cmd::Prepare => {
+            let env = prepare::all(&root)?;
+            for (k, v) in &env.vars {
+                println!("export {k}={v:?}");
+            }
+            // Servers started for the tests stop here; `cargo xtask test` keeps them.
+            drop(env);
+            Ok(())
+        }
         Cmd::BenchCache { runs } => bench_cache::run(&root, runs),
     }
 }

@@ -33,6 +33,9 @@ enum Command {
     Job(cmd::jobs::ViewArgs),
     /// Run the simulator, hangar and the process provider together on a burst of jobs.
     Demo(cmd::demo::Args),
+    /// Build and list microVM guest images (kernel + root filesystem).
+    #[command(subcommand)]
+    Image(cmd::image::Command),
     /// Inspect and prune the GitHub Actions cache.
     Cache(cmd::cache::Args),
     /// Reproducible measurements (see docs/BENCHMARKS.md).
@@ -56,6 +59,7 @@ fn main() -> Result<()> {
             Command::Config(command) => cmd::config::run(command),
             Command::Jobs(args) => cmd::jobs::list(args).await,
             Command::Job(args) => cmd::jobs::view(args).await,
+            Command::Image(command) => cmd::image::run(command).await,
             Command::Cache(args) => cmd::cache::run(args).await,
             Command::Bench(command) => cmd::bench::run(command).await,
             Command::Demo(args) => cmd::demo::run(args).await,

@@ -11,6 +11,7 @@
 //! clone under [`cache_dir`], keyed by their inputs, so a second run is fast
 //! and a fresh machine still works.
 
+pub(crate) mod images;
 mod npm;
 mod packages;
 mod postgres;
@@ -32,6 +33,7 @@ pub(crate) fn all(root: &Path) -> Result<TestEnv> {
     let mut env = TestEnv::default();
     packages::ensure(&packages::NEEDED)?;
     postgres::prepare(root, &mut env)?;
+    images::prepare(root, &mut env)?;
     npm::prepare(root, &mut env)?;
     s3::prepare(root, &mut env)?;
     Ok(env)

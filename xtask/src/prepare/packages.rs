@@ -6,8 +6,7 @@ use std::process::Command;
 use anyhow::Result;
 
 /// (a command that proves the package is there, the package that provides it)
-pub(crate) const NEEDED: [(&str, &str); 6] = [
-    ("/usr/lib/postgresql", "postgresql"),
+pub(crate) const NEEDED: [(&str, &str); 16] = [
     // The real @actions/cache client and the tools it runs.
     ("node", "nodejs"),
     ("npm", "npm"),
@@ -15,6 +14,21 @@ pub(crate) const NEEDED: [(&str, &str); 6] = [
     // The S3-compatible test server (moto) is installed into a virtualenv.
     ("python3", "python3"),
     ("/usr/share/doc/python3-venv", "python3-venv"),
+    ("/usr/lib/postgresql", "postgresql"),
+    // microVM provider (issue 4): QEMU, the image builder's tools, and
+    // Debian's kernel source with what building it needs.
+    ("qemu-system-x86_64", "qemu-system-x86"),
+    // The base image may carry a backports qemu-utils that conflicts with
+    // bookworm's qemu-system-x86; take both from bookworm.
+    ("qemu-system-x86_64", "qemu-utils/bookworm"),
+    ("debootstrap", "debootstrap"),
+    ("mkfs.ext4", "e2fsprogs"),
+    ("nft", "nftables"),
+    ("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1"),
+    ("flex", "flex"),
+    ("bison", "bison"),
+    ("bc", "bc"),
+    ("/usr/include/libelf.h", "libelf-dev"),
 ];
 
 pub(crate) fn ensure(needed: &[(&str, &str)]) -> Result<()> {
@@ -36,7 +50,7 @@ pub(crate) fn ensure(needed: &[(&str, &str)]) -> Result<()> {
     crate::run(
         Command::new("apt-get")
             .env("DEBIAN_FRONTEND", "noninteractive")
-            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(["install", "-y", "-q", "--no-install-recommends", "--allow-downgrades"])
             .args(&missing),
     )
 }

@@ -1,0 +1,307 @@
+//! `hangar-guest-agent`: PID 1 of every hangar microVM.
+//!
+//! It is deliberately synchronous std code with no runtime: it does a few
+//! things in order and must be small and boring. Order:
+//! mounts → network (in a thread) while finding the virtio-serial port →
+//! say `ready` → wait for `start` → dockerd (if the image has it) → runner
+//! as the unprivileged user → report → power off.
+//!
+//! Power-off: the kernel runs with `reboot=t` and QEMU with `-no-reboot`, so
+//! `reboot(RB_AUTOBOOT)` ends the QEMU process, and the host sees "VM gone"
+//! as the process exit (`acpi=off` has no power-off device). Anything going
+//! wrong also ends in power-off: a hung PID 1 would hold a VM forever.
+
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use hangar_guest_agent::{
+    AgentConfig, CONFIG_PATH, GuestMessage, HostMessage, JIT_CONFIG_MARKER, PORT_NAME, encode_line,
+};
+
+fn main() {
+    let is_init = std::process::id() == 1;
+    let mut port: Option<File> = None;
+    if let Err(message) = run(is_init, &mut port) {
+        log(&format!("error: {message}"));
+        if let Some(port) = port.as_mut() {
+            let _ = port.write_all(&encode_line(&GuestMessage::Error { message }));
+        }
+    }
+    power_off(is_init);
+}
+
+/// Log lines carry the guest's uptime, to see where boot time goes.
+fn log(line: &str) {
+    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    let uptime = uptime.split_whitespace().next().unwrap_or("?");
+    eprintln!("hangar-agent: [{uptime}] {line}");
+}
+
+fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
+    if is_init {
+        mount_basics();
+        let _ = nix::unistd::sethostname("hangar");
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    log("mounted");
+    // The network comes up while the agent finds its port; `ready` waits
+    // for it, so a pre-booted VM is fully prepared when it says ready.
+    let network = std::thread::spawn(move || {
+        let result = network_up(&cmdline);
+        log("network up");
+        result
+    });
+    let config: AgentConfig = serde_json::from_slice(
+        &std::fs::read(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?,
+    )
+    .map_err(|e| format!("parsing {CONFIG_PATH}: {e}"))?;
+
+    let port_path = find_port(Duration::from_secs(10))?;
+    let port = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&port_path)
+        .map_err(|e| format!("opening {}: {e}", port_path.display()))?;
+    let mut writer = port.try_clone().map_err(|e| format!("cloning the port: {e}"))?;
+    *port_out = Some(port.try_clone().map_err(|e| format!("cloning the port: {e}"))?);
+    network.join().map_err(|_| "the network thread panicked".to_owned())??;
+    send(&mut writer, &GuestMessage::Ready)?;
+    log("ready");
+
+    let mut reader = BufReader::new(port);
+    let (runner_id, jit_config, env, now) = loop {
+        let mut line = String::new();
+        let n = reader.read_line(&mut line).map_err(|e| format!("reading the port: {e}"))?;
+        if n == 0 {
+            // The host end is not connected (e.g. during a snapshot); wait.
+            pause(Duration::from_millis(20));
+            continue;
+        }
+        match serde_json::from_str::<HostMessage>(line.trim()) {
+            Ok(HostMessage::Ping) => send(&mut writer, &GuestMessage::Ready)?,
+            Ok(HostMessage::Start { runner_id, jit_config, env, now_unix_ms }) => {
+                break (runner_id, jit_config, env, now_unix_ms);
+            }
+            Err(e) => log(&format!("ignoring a malformed message: {e}")),
+        }
+    };
+    log(&format!("starting runner {runner_id}"));
+    if let Some(ms) = now.and_then(|ms| i64::try_from(ms).ok()) {
+        let now = nix::sys::time::TimeSpec::new(ms / 1000, (ms % 1000) * 1_000_000);
+        if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now) {
+            log(&format!("setting the clock: {e}"));
+        }
+    }
+    let _ = nix::unistd::sethostname(&runner_id);
+
+    if let Some(dockerd) = config.dockerd.as_deref().filter(|d| Path::new(d).exists()) {
+        start_dockerd(dockerd)?;
+    }
+
+    let user = nix::unistd::User::from_name(&config.runner_user)
+        .map_err(|e| format!("looking up user {}: {e}", config.runner_user))?
+        .ok_or_else(|| format!("user {} does not exist in the image", config.runner_user))?;
+    let argv: Vec<String> =
+        config.runner_command.iter().map(|a| a.replace(JIT_CONFIG_MARKER, &jit_config)).collect();
+    let (program, args) = argv.split_first().ok_or("runner_command is empty")?;
+    let mut command = if Path::new("/usr/bin/setpriv").exists() {
+        // setpriv also sets the supplementary groups (e.g. `docker`),
+        // which std's uid/gid switch drops.
+        let mut c = Command::new("/usr/bin/setpriv");
+        c.arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .arg("--init-groups")
+            .arg("--")
+            .arg(program)
+            .args(args);
+        c
+    } else {
+        let mut c = Command::new(program);
+        c.args(args).uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        c
+    };
+    use std::os::unix::process::CommandExt as _;
+    command
+        .env_clear()
+        .env("HOME", &user.dir)
+        .env("USER", &user.name)
+        .env("LOGNAME", &user.name)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("LANG", "C.UTF-8")
+        .env("HANGAR_RUNNER_ID", &runner_id)
+        .envs(env)
+        .current_dir(&config.runner_workdir)
+        .stdin(Stdio::null());
+    let mut child = command.spawn().map_err(|e| format!("starting {program}: {e}"))?;
+    let pid = child.id();
+    send(&mut writer, &GuestMessage::RunnerStarted { pid })?;
+    log(&format!("runner started, pid {pid}"));
+
+    let code = if is_init {
+        wait_reaping(pid)
+    } else {
+        child.wait().map_err(|e| format!("waiting for the runner: {e}"))?.code()
+    };
+    log(&format!("runner exited, code {code:?}"));
+    send(&mut writer, &GuestMessage::RunnerExited { code })?;
+    Ok(())
+}
+
+fn send(port: &mut File, message: &GuestMessage) -> Result<(), String> {
+    port.write_all(&encode_line(message)).map_err(|e| format!("writing the port: {e}"))
+}
+
+/// As PID 1 we inherit every orphan; reap them all while waiting for the
+/// runner so none stays a zombie.
+fn wait_reaping(runner: u32) -> Option<i32> {
+    use nix::sys::wait::{WaitStatus, waitpid};
+    use nix::unistd::Pid;
+    loop {
+        match waitpid(Pid::from_raw(-1), None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid.as_raw().unsigned_abs() == runner => {
+                return Some(code);
+            }
+            Ok(WaitStatus::Signaled(pid, _, _)) if pid.as_raw().unsigned_abs() == runner => {
+                return None;
+            }
+            Ok(_) => {}
+            Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return None,
+        }
+    }
+}
+
+fn mount_basics() {
+    use nix::mount::{MsFlags, mount};
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    let mounts: [(&str, &str, MsFlags, Option<&str>); 8] = [
+        ("proc", "/proc", nosuid | MsFlags::MS_NOEXEC, None),
+        ("sysfs", "/sys", nosuid | MsFlags::MS_NOEXEC, None),
+        ("devtmpfs", "/dev", MsFlags::MS_NOSUID, None),
+        (
+            "devpts",
+            "/dev/pts",
+            MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            Some("mode=620,ptmxmode=666"),
+        ),
+        ("tmpfs", "/dev/shm", nosuid, Some("mode=1777")),
+        ("tmpfs", "/run", nosuid, Some("mode=755")),
+        ("tmpfs", "/tmp", nosuid, Some("mode=1777")),
+        ("cgroup2", "/sys/fs/cgroup", nosuid | MsFlags::MS_NOEXEC, None),
+    ];
+    for (fstype, target, flags, data) in mounts {
+        let _ = std::fs::create_dir_all(target);
+        // EBUSY (already mounted, e.g. /dev by DEVTMPFS_MOUNT) is fine.
+        if let Err(e) = mount(Some(fstype), target, Some(fstype), flags, data)
+            && e != nix::errno::Errno::EBUSY
+        {
+            log(&format!("mounting {target}: {e}"));
+        }
+    }
+    let _ = std::os::unix::fs::symlink("/proc/self/fd", "/dev/fd");
+}
+
+/// `hangar_net=ADDR/PREFIX,GATEWAY,DNS` on the kernel command line
+/// configures eth0 (addresses are not secret). Without it the VM has only
+/// loopback.
+fn network_up(cmdline: &str) -> Result<(), String> {
+    // PID 1 gets no PATH from the kernel.
+    let ip_binary = ["/usr/sbin/ip", "/usr/bin/ip", "/sbin/ip", "/bin/ip"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .ok_or("the image has no `ip` (iproute2)")?;
+    let ip = |args: &[&str]| -> Result<(), String> {
+        let status = Command::new(ip_binary)
+            .args(args)
+            .status()
+            .map_err(|e| format!("running ip {}: {e}", args.join(" ")))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("ip {} failed: {status}", args.join(" ")))
+        }
+    };
+    ip(&["link", "set", "lo", "up"])?;
+    let Some(net) = cmdline.split_whitespace().find_map(|w| w.strip_prefix("hangar_net=")) else {
+        return Ok(());
+    };
+    let mut parts = net.split(',');
+    let (Some(addr), Some(gateway)) = (parts.next(), parts.next()) else {
+        return Err(format!("bad hangar_net={net}: expected ADDR/PREFIX,GATEWAY[,DNS]"));
+    };
+    ip(&["addr", "add", addr, "dev", "eth0"])?;
+    ip(&["link", "set", "eth0", "up"])?;
+    ip(&["route", "add", "default", "via", gateway])?;
+    if let Some(dns) = parts.next() {
+        std::fs::write("/etc/resolv.conf", format!("nameserver {dns}\n"))
+            .map_err(|e| format!("writing /etc/resolv.conf: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The port's device node, found by its name in sysfs (no udev here).
+fn find_port(timeout: Duration) -> Result<PathBuf, String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
+            for entry in entries.flatten() {
+                let name = std::fs::read_to_string(entry.path().join("name")).unwrap_or_default();
+                if name.trim() == PORT_NAME {
+                    let dev = Path::new("/dev").join(entry.file_name());
+                    if dev.exists() {
+                        return Ok(dev);
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("no virtio-serial port named {PORT_NAME} within {timeout:?}"));
+        }
+        pause(Duration::from_millis(10));
+    }
+}
+
+fn start_dockerd(dockerd: &str) -> Result<(), String> {
+    let log_file = File::create("/var/log/dockerd.log").map_err(|e| format!("dockerd log: {e}"))?;
+    let err_file = log_file.try_clone().map_err(|e| format!("dockerd log: {e}"))?;
+    Command::new(dockerd)
+        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file)
+        .spawn()
+        .map_err(|e| format!("starting {dockerd}: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !Path::new("/var/run/docker.sock").exists() {
+        if Instant::now() > deadline {
+            return Err("dockerd did not create /var/run/docker.sock within 60 s".into());
+        }
+        pause(Duration::from_millis(50));
+    }
+    log("dockerd is up");
+    Ok(())
+}
+
+/// The agent is plain threads-free std code with no async runtime, so the
+/// workspace rule against `std::thread::sleep` (it blocks runtime threads)
+/// does not apply here.
+#[allow(clippy::disallowed_methods)]
+fn pause(duration: Duration) {
+    std::thread::sleep(duration);
+}
+
+fn power_off(is_init: bool) {
+    if !is_init {
+        return;
+    }
+    nix::unistd::sync();
+    // With reboot=t and QEMU's -no-reboot this ends the VM.
+    let _ = nix::sys::reboot::reboot(nix::sys::reboot::RebootMode::RB_AUTOBOOT);
+    // Not reached; PID 1 must never return.
+    loop {
+        pause(Duration::from_secs(3600));
+    }
+}

@@ -1,0 +1,51 @@
+//! `hangar bench microvm --runs N --json`: boot, restore, dispatch and
+//! memory figures of the microVM provider on this host (see
+//! `hangar_provider_microvm::bench` for what each field measures).
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args as ClapArgs;
+use hangar_provider_microvm::{MicrovmConfig, bench, image};
+
+#[derive(Debug, ClapArgs)]
+pub(crate) struct Args {
+    #[arg(long, default_value_t = 10)]
+    runs: usize,
+    /// Print one JSON object (milliseconds, MiB).
+    #[arg(long)]
+    json: bool,
+    /// The image to boot: its runner must exit at once (the test image's
+    /// does). Default: the newest `hangar-test` image in the cache.
+    #[arg(long, default_value = "hangar-test")]
+    image: String,
+    #[arg(long, env = "HANGAR_CACHE_DIR")]
+    cache: Option<PathBuf>,
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    qemu: PathBuf,
+    #[arg(long, default_value_t = 1)]
+    vcpus: u32,
+    #[arg(long, default_value_t = 512)]
+    memory_mib: u32,
+}
+
+pub(crate) async fn run(args: Args) -> Result<()> {
+    let cache = super::super::image::cache_dir(args.cache);
+    let info = image::image_list(&cache).into_iter().find(|i| i.name == args.image).with_context(
+        || format!("no image {:?} in {} (hangar image build)", args.image, cache.display()),
+    )?;
+    let state = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
+    let mut config = MicrovmConfig::new(info.kernel, info.rootfs, state.clone());
+    config.qemu = args.qemu;
+    config.vcpus = args.vcpus;
+    config.memory_mib = args.memory_mib;
+    let report = bench::bench_run(config, args.runs).await;
+    let _ = std::fs::remove_dir_all(&state);
+    let report = report?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    }
+    Ok(())
+}

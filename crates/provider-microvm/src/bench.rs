@@ -1,0 +1,256 @@
+//! Measurements for `hangar bench microvm` and the pre-booted pool's
+//! snapshot path.
+//!
+//! A [`Snapshot`] is a booted, idle VM frozen to a file with QEMU migration,
+//! plus its disk frozen as a read-only qcow2 (the state refers to the disk
+//! as it was). Restoring gives each clone its own overlay on that frozen
+//! disk and `-incoming` the state; the agent inside is idle and answers a
+//! `ping` with `ready`.
+
+use std::path::PathBuf;
+
+/// A saved idle VM.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// QEMU's migration stream.
+    pub state: PathBuf,
+    /// The VM's disk at the time of the snapshot (qcow2 over the base image).
+    pub disk: PathBuf,
+}
+
+use std::time::{Duration, Instant};
+
+use hangar_provider::{InstanceState, Provider, RunnerSpec};
+use hangar_types::{Labels, PoolName, RunnerId, Secret};
+use serde::Serialize;
+
+use crate::{MicrovmConfig, MicrovmError, MicrovmProvider};
+
+/// p50/p99 of one measurement, in the unit its field name says.
+#[derive(Debug, Clone, Serialize)]
+pub struct Stat {
+    pub p50: f64,
+    pub p99: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    pub fn of(mut xs: Vec<f64>) -> Option<Stat> {
+        if xs.is_empty() {
+            return None;
+        }
+        xs.sort_by(f64::total_cmp);
+        let pick = |percent: usize| {
+            // Nearest rank.
+            let rank = (percent * xs.len()).div_ceil(100).max(1);
+            xs[rank.min(xs.len()) - 1]
+        };
+        Some(Stat { p50: pick(50), p99: pick(99), min: xs[0], max: xs[xs.len() - 1], n: xs.len() })
+    }
+}
+
+/// What `hangar bench microvm --json` prints. All times in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// `kvm` or `tcg`: TCG figures are an upper bound, not a prediction.
+    pub accel: String,
+    pub runs: usize,
+    /// `launch()` → guest agent says ready, one VM booting alone.
+    pub cold_boot_ms: Option<Stat>,
+    /// QEMU started with `-incoming` of an idle VM's state → agent ready.
+    pub snapshot_restore_ms: Option<Stat>,
+    /// Runner spec sent to a pre-booted idle VM → runner process started.
+    pub dispatch_ms: Option<Stat>,
+    /// `launch()` on a pool with a pre-booted VM → runner process started
+    /// (the provider's share of webhook → runner started).
+    pub launch_to_runner_started_prebooted_ms: Option<Stat>,
+    /// 4 VMs launched at the same instant: each one's launch → agent ready.
+    pub boot_4_at_once_ms: Option<Stat>,
+    /// Resident set size of an idle pre-booted VM's QEMU process.
+    pub idle_vm_rss_mib: Option<Stat>,
+    /// Snapshot state file size.
+    pub snapshot_state_mib: Option<f64>,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn bench_spec(pool: &PoolName) -> RunnerSpec {
+    RunnerSpec {
+        runner_id: RunnerId::new(pool, rand::random()),
+        pool: pool.clone(),
+        labels: Labels::default(),
+        jit_config: Secret::new("bench-jit-config"),
+        env: vec![("HANGAR_TEST_SCRIPT".into(), "true".into())],
+    }
+}
+
+async fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Runs every measurement `runs` times against an image with a runner that
+/// exits at once (the test image's runner does).
+pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, MicrovmError> {
+    let pool = PoolName("bench".into());
+    let timeout = Duration::from_secs(base.boot_timeout_secs);
+    let mut report = BenchReport {
+        accel: String::new(),
+        runs,
+        cold_boot_ms: None,
+        snapshot_restore_ms: None,
+        dispatch_ms: None,
+        launch_to_runner_started_prebooted_ms: None,
+        boot_4_at_once_ms: None,
+        idle_vm_rss_mib: None,
+        snapshot_state_mib: None,
+    };
+
+    // Cold boots, one at a time.
+    let cold =
+        MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
+    report.accel = format!("{:?}", cold.accel()).to_lowercase();
+    let mut xs = Vec::new();
+    for _ in 0..runs {
+        let spec = bench_spec(&pool);
+        let t0 = Instant::now();
+        if cold.launch(&spec).await.is_err() {
+            continue;
+        }
+        if let Some(ready) =
+            poll(timeout, || cold.timings(&spec.runner_id).and_then(|t| t.ready)).await
+        {
+            xs.push(ms(ready - t0));
+        }
+        wait_exited(&cold, &spec.runner_id, timeout).await;
+        let _ = cold.destroy(&spec.runner_id).await;
+    }
+    report.cold_boot_ms = Stat::of(xs);
+
+    // 4 at once.
+    let four = MicrovmProvider::new(
+        pool.clone(),
+        MicrovmConfig { min_hot: 0, max_parallel_boots: Some(4), ..base.clone() },
+    )
+    .await?;
+    let mut xs = Vec::new();
+    for _ in 0..runs.div_ceil(4).max(1) {
+        let specs: Vec<RunnerSpec> = (0..4).map(|_| bench_spec(&pool)).collect();
+        let t0 = Instant::now();
+        for spec in &specs {
+            let _ = four.launch(spec).await;
+        }
+        for spec in &specs {
+            if let Some(ready) =
+                poll(timeout, || four.timings(&spec.runner_id).and_then(|t| t.ready)).await
+            {
+                xs.push(ms(ready - t0));
+            }
+        }
+        for spec in &specs {
+            wait_exited(&four, &spec.runner_id, timeout).await;
+            let _ = four.destroy(&spec.runner_id).await;
+        }
+    }
+    report.boot_4_at_once_ms = Stat::of(xs);
+
+    // Pre-booted: dispatch, launch → runner started, idle RSS.
+    let hot =
+        MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 1, ..base.clone() }).await?;
+    let (mut dispatch, mut launch_started, mut rss) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        if poll(timeout, || (hot.hot_idle() >= 1).then_some(())).await.is_none() {
+            continue;
+        }
+        for pid in hot.hot_pids() {
+            if let Some(mib) = rss_mib(pid) {
+                rss.push(mib);
+            }
+        }
+        let spec = bench_spec(&pool);
+        let t0 = Instant::now();
+        if hot.launch(&spec).await.is_err() {
+            continue;
+        }
+        let started = poll(timeout, || {
+            hot.timings(&spec.runner_id).and_then(|t| Some((t.start_sent?, t.runner_started?)))
+        })
+        .await;
+        if let Some((sent, started)) = started {
+            dispatch.push(ms(started - sent));
+            launch_started.push(ms(started - t0));
+        }
+        wait_exited(&hot, &spec.runner_id, timeout).await;
+        let _ = hot.destroy(&spec.runner_id).await;
+    }
+    hot.shutdown().await;
+    report.dispatch_ms = Stat::of(dispatch);
+    report.launch_to_runner_started_prebooted_ms = Stat::of(launch_started);
+    report.idle_vm_rss_mib = Stat::of(rss);
+
+    // Snapshot once, restore `runs` times.
+    let snap_dir = base.state_dir.join("bench-snapshot");
+    let _ = std::fs::remove_dir_all(&snap_dir);
+    std::fs::create_dir_all(&snap_dir).map_err(|source| MicrovmError::Io {
+        what: "creating",
+        path: snap_dir.clone(),
+        source,
+    })?;
+    let restorer =
+        MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
+    match restorer.snapshot_create(&snap_dir).await {
+        Ok(snapshot) => {
+            report.snapshot_state_mib =
+                std::fs::metadata(&snapshot.state).ok().map(|m| m.len() as f64 / (1024.0 * 1024.0));
+            let mut xs = Vec::new();
+            for _ in 0..runs {
+                match restorer.snapshot_restore_ready(&snapshot).await {
+                    Ok(d) => xs.push(ms(d)),
+                    Err(e) => tracing::warn!(error = %e, "restore failed"),
+                }
+            }
+            report.snapshot_restore_ms = Stat::of(xs);
+        }
+        Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+    }
+    let _ = std::fs::remove_dir_all(&snap_dir);
+    Ok(report)
+}
+
+async fn wait_exited(provider: &MicrovmProvider, id: &RunnerId, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let list = provider.list().await.unwrap_or_default();
+        if list
+            .iter()
+            .any(|i| &i.runner_id == id && matches!(i.state, InstanceState::Exited { .. }))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}

@@ -1,0 +1,607 @@
+//! `hangar image build` / `hangar image ls`: the guest kernel and root
+//! filesystem, built from Debian's packages and cached by their inputs.
+//!
+//! - **Kernel**: Debian's `linux-source-*` tarball, `make tinyconfig`, then
+//!   the project's fragments (`kernel/base.config`, plus e.g.
+//!   `kernel/docker.config` when the image spec names it), `make vmlinux`.
+//!   The ELF `vmlinux` has a PVH note, so QEMU boots it without a
+//!   decompressor. Cached under `kernels/<hash of fragments + source>`.
+//! - **Root filesystem tree**: `debootstrap --variant=minbase` plus the
+//!   spec's packages, and the unprivileged `runner` user. Cached under
+//!   `trees/<hash of suite, mirror, packages>` because it is the slow part
+//!   and does not change when the agent does.
+//! - **Image**: the tree + the guest agent + its config + the runner,
+//!   packed with `mkfs.ext4 -d` into a raw `rootfs.raw` (read-only from then
+//!   on: VMs get qcow2 overlays over it). Cached under
+//!   `images/<name>-<hash of everything>`.
+//!
+//! Each step is atomic (built in a temporary directory, renamed into
+//! place), so an interrupted build never leaves a half image in the cache.
+//! Everything here is blocking and shells out to the Debian tools; it needs
+//! root (debootstrap, chroot).
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Instant;
+
+use hangar_guest_agent::AgentConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// The kernel config fragments shipped with hangar, by name.
+pub const KERNEL_FRAGMENTS: [(&str, &str); 2] = [
+    ("base", include_str!("../kernel/base.config")),
+    ("docker", include_str!("../kernel/docker.config")),
+];
+
+/// The image spec used by the test suite: minbase + the test runner.
+pub const TEST_SPEC: &str = include_str!("../images/test.toml");
+/// The test runner script (`run.sh --jitconfig` look-alike).
+pub const TEST_RUNNER: &str = include_str!("../images/hangar-test-runner.sh");
+
+/// An image spec file (TOML).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSpec {
+    pub name: String,
+    #[serde(default = "default_suite")]
+    pub suite: String,
+    #[serde(default = "default_mirror")]
+    pub mirror: String,
+    /// Debian packages on top of minbase (the seeds' lesson: users expect
+    /// what GitHub's image has).
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Size of the root filesystem image.
+    #[serde(default = "default_size_mib")]
+    pub size_mib: u64,
+    /// Kernel fragments beyond `base` (see [`KERNEL_FRAGMENTS`]).
+    #[serde(default)]
+    pub kernel_fragments: Vec<String>,
+    pub runner: RunnerSource,
+    /// dockerd for the agent to start, when the image has Docker.
+    #[serde(default)]
+    pub dockerd: Option<String>,
+}
+
+/// Where the runner in the image comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind", deny_unknown_fields)]
+pub enum RunnerSource {
+    /// GitHub's actions/runner release tarball, downloaded at build time,
+    /// installed in `/home/runner/actions-runner`, started as
+    /// `run.sh --jitconfig`.
+    Release { version: String },
+    /// A local file or directory copied to `dest` in the image; `command`
+    /// is the runner argv (`{jit_config}` is replaced by the JIT config).
+    Local { path: PathBuf, dest: String, command: Vec<String> },
+    /// The test suite's runner script ([`TEST_RUNNER`]).
+    TestRunner,
+}
+
+fn default_suite() -> String {
+    "bookworm".into()
+}
+fn default_mirror() -> String {
+    "http://deb.debian.org/debian".into()
+}
+fn default_size_mib() -> u64 {
+    2048
+}
+
+/// A built image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub name: String,
+    pub key: String,
+    pub kernel: PathBuf,
+    pub rootfs: PathBuf,
+    pub size_bytes: u64,
+    pub built_at: String,
+    pub build_seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("bad image spec {path}")]
+    Spec {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("unknown kernel fragment {0:?} (known: base, docker)")]
+    Fragment(String),
+    #[error(
+        "no Debian kernel source in /usr/src (apt-get install linux-source-6.1); \
+         the stock-kernel fallback is not implemented yet"
+    )]
+    NoKernelSource,
+    #[error("{what} {path}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}); last output:\n{tail}")]
+    Command { command: String, status: String, tail: String },
+}
+
+/// Progress of a build, step by step.
+pub trait Progress {
+    fn step(&mut self, index: usize, total: usize, message: &str);
+    fn done(&mut self, message: &str);
+}
+
+/// A text progress bar on stderr.
+#[derive(Debug)]
+pub struct StderrProgress {
+    started: Instant,
+}
+
+impl Default for StderrProgress {
+    fn default() -> Self {
+        StderrProgress { started: Instant::now() }
+    }
+}
+
+impl Progress for StderrProgress {
+    fn step(&mut self, index: usize, total: usize, message: &str) {
+        let width = 20;
+        let filled = width * index / total.max(1);
+        eprintln!(
+            "[{}{}] {index}/{total} {message} ({:.0} s)",
+            "#".repeat(filled),
+            "-".repeat(width - filled),
+            self.started.elapsed().as_secs_f64()
+        );
+    }
+
+    fn done(&mut self, message: &str) {
+        eprintln!("[{}] {message} ({:.0} s)", "#".repeat(20), self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl ImageSpec {
+    pub fn parse(text: &str, path: &Path) -> Result<ImageSpec, ImageError> {
+        toml::from_str(text).map_err(|source| ImageError::Spec { path: path.to_owned(), source })
+    }
+
+    fn fragments(&self) -> Result<Vec<(&'static str, &'static str)>, ImageError> {
+        let mut out = vec![KERNEL_FRAGMENTS[0]];
+        for name in &self.kernel_fragments {
+            let f = KERNEL_FRAGMENTS
+                .iter()
+                .find(|(n, _)| n == name)
+                .ok_or_else(|| ImageError::Fragment(name.clone()))?;
+            if !out.contains(f) {
+                out.push(*f);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Builds (or finds in the cache) the image of `spec`, with `agent` as the
+/// guest agent binary.
+pub fn image_build(
+    cache: &Path,
+    spec: &ImageSpec,
+    agent: &Path,
+    progress: &mut dyn Progress,
+) -> Result<ImageInfo, ImageError> {
+    let started = Instant::now();
+    let total = 4;
+    progress.step(0, total, "kernel");
+    let kernel = kernel_build(cache, &spec.fragments()?, progress)?;
+    progress.step(1, total, "root filesystem tree (debootstrap)");
+    let tree = tree_build(cache, spec)?;
+
+    let agent_bytes = std::fs::read(agent).map_err(io("reading the agent", agent))?;
+    let config = agent_config(spec);
+    let mut h = Sha256::new();
+    h.update(tree.as_os_str().as_encoded_bytes());
+    h.update(kernel.as_os_str().as_encoded_bytes());
+    h.update(Sha256::digest(&agent_bytes));
+    h.update(serde_json::to_vec(&config).expect("config serializes"));
+    h.update(toml::to_string(spec).expect("spec serializes"));
+    if let RunnerSource::Local { path, .. } = &spec.runner {
+        hash_path(&mut h, path)?;
+    }
+    let key = hex::encode(h.finalize())[..16].to_owned();
+    let dir = cache.join("images").join(format!("{}-{key}", spec.name));
+    let info_path = dir.join("image.json");
+    if let Ok(text) = std::fs::read_to_string(&info_path)
+        && let Ok(info) = serde_json::from_str::<ImageInfo>(&text)
+    {
+        progress.done(&format!("image {} is cached at {}", spec.name, dir.display()));
+        return Ok(info);
+    }
+
+    progress.step(2, total, "installing the agent and the runner");
+    let work = temp_sibling(&dir)?;
+    let root = work.join("root");
+    run(Command::new("cp").arg("-a").arg(&tree).arg(&root))?;
+    let agent_dest = root.join(hangar_guest_agent::AGENT_PATH.trim_start_matches('/'));
+    write_file(&agent_dest, &agent_bytes, 0o755)?;
+    let config_dest = root.join(hangar_guest_agent::CONFIG_PATH.trim_start_matches('/'));
+    write_file(
+        &config_dest,
+        &serde_json::to_vec_pretty(&config).expect("config serializes"),
+        0o644,
+    )?;
+    runner_install(&root, &spec.runner)?;
+
+    progress.step(3, total, "packing rootfs.raw (mkfs.ext4)");
+    let rootfs = work.join("rootfs.raw");
+    run(Command::new("truncate").arg("-s").arg(format!("{}M", spec.size_mib)).arg(&rootfs))?;
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", "hangar-root", "-d"])
+        .arg(&root)
+        .arg(&rootfs))?;
+    std::fs::remove_dir_all(&root).map_err(io("removing", &root))?;
+    set_mode(&rootfs, 0o444)?;
+    let kernel_link = work.join("vmlinux");
+    if std::fs::hard_link(&kernel, &kernel_link).is_err() {
+        std::fs::copy(&kernel, &kernel_link).map_err(io("copying the kernel to", &kernel_link))?;
+    }
+    let info = ImageInfo {
+        name: spec.name.clone(),
+        key,
+        kernel: dir.join("vmlinux"),
+        rootfs: dir.join("rootfs.raw"),
+        size_bytes: spec.size_mib * 1024 * 1024,
+        built_at: chrono::Utc::now().to_rfc3339(),
+        build_seconds: started.elapsed().as_secs_f64(),
+    };
+    let info_tmp = work.join("image.json");
+    write_file(&info_tmp, &serde_json::to_vec_pretty(&info).expect("info serializes"), 0o644)?;
+    rename_into_place(&work, &dir)?;
+    progress.done(&format!("image {} built at {}", spec.name, dir.display()));
+    Ok(info)
+}
+
+/// The images in the cache, newest first.
+pub fn image_list(cache: &Path) -> Vec<ImageInfo> {
+    let mut images: Vec<ImageInfo> = std::fs::read_dir(cache.join("images"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("image.json")).ok())
+        .filter_map(|text| serde_json::from_str(&text).ok())
+        .collect();
+    images.sort_by(|a, b| b.built_at.cmp(&a.built_at));
+    images
+}
+
+/// `hangar image ls` as text: one line per cached image.
+pub fn image_list_text(cache: &Path) -> String {
+    let images = image_list(cache);
+    if images.is_empty() {
+        return format!(
+            "no images in {} (build one with `hangar image build SPEC`)\n",
+            cache.display()
+        );
+    }
+    let mut out =
+        format!("{:<20} {:<17} {:>9} {:<26} {}\n", "NAME", "KEY", "SIZE", "BUILT", "ROOTFS");
+    for i in images {
+        out.push_str(&format!(
+            "{:<20} {:<17} {:>7}Mi {:<26} {}\n",
+            i.name,
+            i.key,
+            i.size_bytes / (1024 * 1024),
+            i.built_at.get(..19).unwrap_or(&i.built_at),
+            i.rootfs.display()
+        ));
+    }
+    out
+}
+
+/// The guest agent binary `hangar image build` puts in images: the
+/// `hangar-guest-agent` installed next to the running executable.
+pub fn agent_beside_current_exe() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let agent = exe.parent()?.join("hangar-guest-agent");
+    agent.exists().then_some(agent)
+}
+
+/// Builds (or finds) the kernel for `fragments`; returns the `vmlinux` path.
+pub fn kernel_build(
+    cache: &Path,
+    fragments: &[(&str, &str)],
+    progress: &mut dyn Progress,
+) -> Result<PathBuf, ImageError> {
+    let source = kernel_source().ok_or(ImageError::NoKernelSource)?;
+    let meta = std::fs::metadata(&source).map_err(io("reading", &source))?;
+    let mut h = Sha256::new();
+    h.update(source.as_os_str().as_encoded_bytes());
+    h.update(meta.len().to_le_bytes());
+    for (name, text) in fragments {
+        h.update(name.as_bytes());
+        h.update(text.as_bytes());
+    }
+    let key = hex::encode(h.finalize())[..16].to_owned();
+    let dir = cache.join("kernels").join(&key);
+    let vmlinux = dir.join("vmlinux");
+    if vmlinux.exists() {
+        return Ok(vmlinux);
+    }
+    let started = Instant::now();
+    let work = temp_sibling(&dir)?;
+    progress.step(0, 4, &format!("kernel: unpacking {}", source.display()));
+    run(Command::new("tar").arg("xf").arg(&source).arg("-C").arg(&work))?;
+    let src = std::fs::read_dir(&work)
+        .map_err(io("reading", &work))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.is_dir())
+        .ok_or_else(|| ImageError::Command {
+            command: format!("tar xf {}", source.display()),
+            status: "ok".into(),
+            tail: "no directory in the tarball".into(),
+        })?;
+    run(Command::new("make").arg("-C").arg(&src).arg("tinyconfig"))?;
+    let mut frag_paths = Vec::new();
+    for (name, text) in fragments {
+        let p = work.join(format!("{name}.config"));
+        write_file(&p, text.as_bytes(), 0o644)?;
+        frag_paths.push(p);
+    }
+    run(Command::new("scripts/kconfig/merge_config.sh")
+        .current_dir(&src)
+        .arg("-m")
+        .arg(".config")
+        .args(&frag_paths))?;
+    run(Command::new("make").arg("-C").arg(&src).arg("olddefconfig"))?;
+    let config = std::fs::read_to_string(src.join(".config")).map_err(io("reading", &src))?;
+    for (name, text) in fragments {
+        for line in text.lines().filter(|l| l.starts_with("CONFIG_") && l.ends_with("=y")) {
+            if !config.lines().any(|c| c == line) {
+                eprintln!(
+                    "kernel: warning: {line} from {name}.config did not survive olddefconfig"
+                );
+            }
+        }
+    }
+    let jobs = std::thread::available_parallelism().map_or(2, std::num::NonZeroUsize::get);
+    progress.step(1, 4, &format!("kernel: make -j{jobs} vmlinux (minutes)"));
+    run(Command::new("make").arg("-C").arg(&src).arg(format!("-j{jobs}")).arg("vmlinux"))?;
+    let out = work.join("out");
+    std::fs::create_dir_all(&out).map_err(io("creating", &out))?;
+    std::fs::copy(src.join("vmlinux"), out.join("vmlinux"))
+        .map_err(io("copying vmlinux from", &src))?;
+    std::fs::copy(src.join(".config"), out.join("config"))
+        .map_err(io("copying .config from", &src))?;
+    std::fs::write(out.join("build-seconds"), format!("{:.0}\n", started.elapsed().as_secs_f64()))
+        .map_err(io("writing", &out))?;
+    rename_into_place(&out, &dir)?;
+    let _ = std::fs::remove_dir_all(&work);
+    progress.step(2, 4, &format!("kernel built in {:.0} s", started.elapsed().as_secs_f64()));
+    Ok(vmlinux)
+}
+
+/// Debian's newest `linux-source-*` tarball.
+fn kernel_source() -> Option<PathBuf> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/src")
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name().is_some_and(|n| {
+                let n = n.to_string_lossy();
+                n.starts_with("linux-source-") && n.ends_with(".tar.xz")
+            })
+        })
+        .collect();
+    found.sort();
+    found.pop()
+}
+
+fn tree_build(cache: &Path, spec: &ImageSpec) -> Result<PathBuf, ImageError> {
+    let mut packages = spec.packages.clone();
+    packages.push("iproute2".into());
+    packages.sort();
+    packages.dedup();
+    let mut h = Sha256::new();
+    h.update(spec.suite.as_bytes());
+    h.update([0]);
+    h.update(spec.mirror.as_bytes());
+    h.update([0]);
+    h.update(packages.join(",").as_bytes());
+    let key = hex::encode(h.finalize())[..16].to_owned();
+    let dir = cache.join("trees").join(&key);
+    if dir.join(".complete").exists() {
+        return Ok(dir);
+    }
+    let work = temp_sibling(&dir)?;
+    let root = work.join("root");
+    run(Command::new("debootstrap")
+        .arg("--variant=minbase")
+        .arg(format!("--include={}", packages.join(",")))
+        .arg(&spec.suite)
+        .arg(&root)
+        .arg(&spec.mirror))?;
+    run(Command::new("chroot").arg(&root).args([
+        "useradd",
+        "-m",
+        "-u",
+        "1000",
+        "-s",
+        "/bin/bash",
+        "runner",
+    ]))?;
+    if packages.iter().any(|p| p == "docker.io") {
+        run(Command::new("chroot").arg(&root).args(["usermod", "-aG", "docker", "runner"]))?;
+    }
+    run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))?;
+    let lists = root.join("var/lib/apt/lists");
+    let _ = std::fs::remove_dir_all(&lists);
+    let _ = std::fs::create_dir_all(lists.join("partial"));
+    write_file(&root.join(".complete"), b"", 0o644)?;
+    rename_into_place(&root, &dir)?;
+    let _ = std::fs::remove_dir_all(&work);
+    Ok(dir)
+}
+
+fn agent_config(spec: &ImageSpec) -> AgentConfig {
+    let runner_command = match &spec.runner {
+        RunnerSource::Release { .. } => vec![
+            "/home/runner/actions-runner/run.sh".into(),
+            "--jitconfig".into(),
+            hangar_guest_agent::JIT_CONFIG_MARKER.into(),
+        ],
+        RunnerSource::Local { command, .. } => command.clone(),
+        RunnerSource::TestRunner => vec![
+            "/usr/local/bin/hangar-test-runner".into(),
+            "--jitconfig".into(),
+            hangar_guest_agent::JIT_CONFIG_MARKER.into(),
+        ],
+    };
+    AgentConfig {
+        runner_command,
+        runner_user: "runner".into(),
+        runner_workdir: "/home/runner".into(),
+        dockerd: spec.dockerd.clone(),
+    }
+}
+
+fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> {
+    match runner {
+        RunnerSource::TestRunner => write_file(
+            &root.join("usr/local/bin/hangar-test-runner"),
+            TEST_RUNNER.as_bytes(),
+            0o755,
+        ),
+        RunnerSource::Local { path, dest, .. } => {
+            let dest = root.join(dest.trim_start_matches('/'));
+            if let Some(parent) = dest.parent() {
+                std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+            }
+            run(Command::new("cp").arg("-a").arg(path).arg(&dest))?;
+            run(Command::new("chroot")
+                .arg(root)
+                .args(["chown", "-R", "runner:runner"])
+                .arg(Path::new("/").join(dest.strip_prefix(root).unwrap_or(&dest))))
+        }
+        RunnerSource::Release { version } => {
+            let url = format!(
+                "https://github.com/actions/runner/releases/download/v{version}/actions-runner-linux-x64-{version}.tar.gz"
+            );
+            let tarball = root.join("tmp/actions-runner.tar.gz");
+            run(Command::new("curl").args(["-fsSL", "-o"]).arg(&tarball).arg(&url))?;
+            let dest = root.join("home/runner/actions-runner");
+            std::fs::create_dir_all(&dest).map_err(io("creating", &dest))?;
+            run(Command::new("tar").arg("xzf").arg(&tarball).arg("-C").arg(&dest))?;
+            let _ = std::fs::remove_file(&tarball);
+            run(Command::new("chroot")
+                .arg(root)
+                .args(["/home/runner/actions-runner/bin/installdependencies.sh"]))?;
+            run(Command::new("chroot").arg(root).args([
+                "chown",
+                "-R",
+                "runner:runner",
+                "/home/runner/actions-runner",
+            ]))
+        }
+    }
+}
+
+fn hash_path(h: &mut Sha256, path: &Path) -> Result<(), ImageError> {
+    let meta = std::fs::metadata(path).map_err(io("reading", path))?;
+    if meta.is_dir() {
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(io("reading", path))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        entries.sort();
+        for e in entries {
+            h.update(e.as_os_str().as_encoded_bytes());
+            hash_path(h, &e)?;
+        }
+    } else {
+        h.update(std::fs::read(path).map_err(io("reading", path))?);
+    }
+    Ok(())
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> ImageError + 'a {
+    move |source| ImageError::Io { what, path: path.to_owned(), source }
+}
+
+fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ImageError> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    }
+    let mut f = std::fs::File::create(path).map_err(io("creating", path))?;
+    f.write_all(bytes).map_err(io("writing", path))?;
+    set_mode(path, mode)
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io("chmod", path))
+}
+
+/// A fresh temporary directory next to `dir` (same file system, so the
+/// final rename is atomic).
+fn temp_sibling(dir: &Path) -> Result<PathBuf, ImageError> {
+    let parent = dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
+    let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let work = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
+    Ok(work)
+}
+
+fn rename_into_place(from: &Path, to: &Path) -> Result<(), ImageError> {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::rename(from, to).map_err(io("renaming into", to))
+}
+
+fn run(cmd: &mut Command) -> Result<(), ImageError> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().map_err(|source| ImageError::Io {
+        what: "running",
+        path: PathBuf::from(&shown),
+        source,
+    })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    let tail: Vec<&str> = text.lines().rev().take(30).collect();
+    Err(ImageError::Command {
+        command: shown,
+        status: out.status.to_string(),
+        tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_specs_parse() {
+        let test = ImageSpec::parse(TEST_SPEC, Path::new("test.toml")).unwrap();
+        assert_eq!(test.runner, RunnerSource::TestRunner);
+        assert!(test.fragments().unwrap().len() == 1);
+        let full =
+            ImageSpec::parse(include_str!("../images/full.toml"), Path::new("full.toml")).unwrap();
+        assert!(full.packages.iter().any(|p| p == "build-essential"));
+        assert_eq!(full.fragments().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn agent_config_has_the_jit_marker_and_no_secret() {
+        let spec = ImageSpec::parse(TEST_SPEC, Path::new("test.toml")).unwrap();
+        let config = agent_config(&spec);
+        assert!(config.runner_command.iter().any(|a| a == hangar_guest_agent::JIT_CONFIG_MARKER));
+        assert_eq!(config.runner_user, "runner");
+    }
+}

@@ -1,0 +1,95 @@
+//! The microVM test kernel and image: built with the same code as
+//! `hangar image build` (from Debian's kernel source and debootstrap), from
+//! the lean test spec, cached under `cache_dir()` by their inputs.
+//!
+//! A fresh machine builds the kernel (minutes) and the debootstrap tree
+//! (about a minute) once; afterwards only the image layer is redone when the
+//! guest agent changes (seconds). Exports `HANGAR_TEST_MICROVM_KERNEL`,
+//! `HANGAR_TEST_MICROVM_ROOTFS` and `HANGAR_TEST_QEMU` for the tests.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use hangar_provider_microvm::image::{ImageSpec, StderrProgress, TEST_SPEC, image_build};
+
+use super::TestEnv;
+
+pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
+    let Some(qemu) = which("qemu-system-x86_64") else {
+        eprintln!("xtask: WARNING: qemu-system-x86_64 is missing: the microVM tests will skip");
+        return Ok(());
+    };
+    if which("debootstrap").is_none() || !is_root() {
+        eprintln!("xtask: WARNING: debootstrap missing or not root: the microVM tests will skip");
+        return Ok(());
+    }
+    crate::run(Command::new("cargo").args(["build", "-q", "-p", "hangar-guest-agent"]))
+        .context("building the guest agent")?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let agent = target.join("debug").join("hangar-guest-agent");
+    let spec = ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
+    let cache = super::cache_dir();
+    eprintln!("xtask: building/finding the microVM test image under {}", cache.display());
+    let info = image_build(&cache, &spec, &agent, &mut StderrProgress::default())
+        .context("building the microVM test image")?;
+    prune_old_images(&cache, &spec.name, &info.key);
+    env.vars.push(("HANGAR_TEST_MICROVM_KERNEL".into(), info.kernel.display().to_string()));
+    env.vars.push(("HANGAR_TEST_MICROVM_ROOTFS".into(), info.rootfs.display().to_string()));
+    env.vars.push(("HANGAR_TEST_QEMU".into(), qemu.display().to_string()));
+    Ok(())
+}
+
+/// Older builds of the test image (the agent changes often) are dropped.
+fn prune_old_images(cache: &Path, name: &str, keep: &str) {
+    let Ok(entries) = std::fs::read_dir(cache.join("images")) else { return };
+    for entry in entries.flatten() {
+        let file = entry.file_name().to_string_lossy().into_owned();
+        if file.starts_with(&format!("{name}-")) && !file.ends_with(keep) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+fn which(program: &str) -> Option<PathBuf> {
+    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().ok()?;
+    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+}
+
+/// `cargo xtask bench microvm`: the test image, a fresh state dir, the
+/// provider's own measurements (see `hangar_provider_microvm::bench`).
+pub(crate) fn bench_microvm(root: &Path, runs: usize, json: bool) -> Result<()> {
+    let mut env = TestEnv::default();
+    prepare(root, &mut env)?;
+    let var = |k: &str| {
+        env.vars
+            .iter()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| PathBuf::from(v))
+            .context("no microVM test image")
+    };
+    let state = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
+    let mut config = hangar_provider_microvm::MicrovmConfig::new(
+        var("HANGAR_TEST_MICROVM_KERNEL")?,
+        var("HANGAR_TEST_MICROVM_ROOTFS")?,
+        state.clone(),
+    );
+    config.qemu = var("HANGAR_TEST_QEMU")?;
+    config.vcpus = 1;
+    config.memory_mib = 512;
+    let runtime = tokio::runtime::Runtime::new()?;
+    let report = runtime.block_on(hangar_provider_microvm::bench::bench_run(config, runs))?;
+    let _ = std::fs::remove_dir_all(&state);
+    let text = serde_json::to_string_pretty(&report)?;
+    if json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
