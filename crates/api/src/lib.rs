@@ -57,6 +57,49 @@ pub struct JobDetail {
     pub job: JobView,
     /// Every delivery about the job, oldest first.
     pub timeline: Vec<TimelineEntry>,
+    /// What the scheduler did about the job (runners, phases, why not).
+    #[serde(default)]
+    pub lifecycle: JobLifecycle,
+}
+
+/// The scheduler's side of a job.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobLifecycle {
+    /// Why the job has no runner yet ("no pool matches labels [gpu]",
+    /// "pool linux-x64 at max 20/20", "launch failed 3×: …").
+    pub reason: Option<String>,
+    pub launch_failures: u32,
+    pub last_error: Option<String>,
+    pub phases: JobPhases,
+    /// Runners made for the job or that ran it, oldest first.
+    pub runners: Vec<RunnerView>,
+}
+
+/// When the job passed each step, from GitHub's creation to completion.
+/// Runner steps come from the runner that ran the job, else the latest one
+/// made for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPhases {
+    pub github_created_at: Option<Timestamp>,
+    pub webhook_received: Option<Timestamp>,
+    pub runner_decided: Option<Timestamp>,
+    pub jit_minted: Option<Timestamp>,
+    pub instance_launched: Option<Timestamp>,
+    pub instance_ready: Option<Timestamp>,
+    pub picked_up: Option<Timestamp>,
+    pub completed: Option<Timestamp>,
+}
+
+/// A runner as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunnerView {
+    pub id: String,
+    pub pool: String,
+    pub state: String,
+    pub for_job: Option<JobId>,
+    pub job: Option<JobId>,
+    pub reason: Option<String>,
+    pub created_at: Timestamp,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -146,6 +146,10 @@ impl TokenVerifier {
         let claims = if self.inner.skip_verification {
             tracing::warn!("cache: accepting a runtime token WITHOUT verifying it");
             let mut validation = Validation::new(header.alg);
+            // TODO-cleanup: jsonwebtoken 10 (the workspace's version, needed by the
+            // GitHub App client) deprecates this for `dangerous::insecure_decode`;
+            // same behaviour, kept until the cache owner moves to it.
+            #[allow(deprecated)]
             validation.insecure_disable_signature_validation();
             validation.validate_aud = false;
             validation.required_spec_claims.clear();

@@ -16,11 +16,17 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 /// The whole file.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct HangarConfig {
     #[serde(default)]
     pub(crate) server: hangar_server::Config,
+    #[serde(default)]
+    pub(crate) github: hangar_github::GitHubConfig,
+    #[serde(default)]
+    pub(crate) scheduler: hangar_scheduler::SchedulerConfig,
+    #[serde(default)]
+    pub(crate) pools: Vec<hangar_scheduler::PoolConfig>,
     #[serde(default)]
     pub(crate) webhook: hangar_server::WebhookConfig,
     #[serde(default)]

@@ -2,6 +2,7 @@
 
 mod cmd;
 mod config;
+mod lifecycle;
 
 use std::path::PathBuf;
 
@@ -30,6 +31,8 @@ enum Command {
     Jobs(cmd::jobs::ListArgs),
     /// Show one job and its timeline.
     Job(cmd::jobs::ViewArgs),
+    /// Run the simulator, hangar and the process provider together on a burst of jobs.
+    Demo(cmd::demo::Args),
     /// Inspect and prune the GitHub Actions cache.
     Cache(cmd::cache::Args),
     /// Reproducible measurements (see docs/BENCHMARKS.md).
@@ -55,6 +58,7 @@ fn main() -> Result<()> {
             Command::Job(args) => cmd::jobs::view(args).await,
             Command::Cache(args) => cmd::cache::run(args).await,
             Command::Bench(command) => cmd::bench::run(command).await,
+            Command::Demo(args) => cmd::demo::run(args).await,
         }
     })
 }

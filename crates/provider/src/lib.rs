@@ -30,6 +30,13 @@
 
 use std::fmt;
 
+#[cfg(feature = "testing")]
+pub mod conformance;
+#[cfg(feature = "testing")]
+mod fake;
+#[cfg(feature = "testing")]
+pub use fake::FakeProvider;
+
 use hangar_types::{Labels, PoolName, RunnerId, Secret, Timestamp};
 use serde::{Deserialize, Serialize};
 

@@ -2,7 +2,10 @@
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use hangar_api::{JobDetail, JobList, JobQuery, JobView, ReceivedTimes, TimelineEntry};
+use hangar_api::{
+    JobDetail, JobLifecycle, JobList, JobPhases, JobQuery, JobView, ReceivedTimes, RunnerView,
+    TimelineEntry,
+};
 use hangar_store::JobFilter;
 use hangar_types::{JobId, JobRecord};
 use serde_json::{Value, json};
@@ -53,7 +56,45 @@ pub(crate) async fn job_view(
             received_at: delivery.received_at,
         })
         .collect();
-    Ok(Json(JobDetail { job: view_of(&job), timeline }))
+    let lifecycle = lifecycle_of(&state, &job).await?;
+    Ok(Json(JobDetail { job: view_of(&job), timeline, lifecycle }))
+}
+
+/// The scheduler's notes and runners for a job, and its phases.
+async fn lifecycle_of(state: &ServerState, job: &JobRecord) -> Result<JobLifecycle, ApiError> {
+    let job_id = job.fields.id;
+    let notes = state.store.job_notes_get(job_id).await?;
+    let runners = state.store.runner_list_for_job(job_id).await?;
+    let ran = runners.iter().find(|r| r.job == Some(job_id));
+    let chosen = ran.or_else(|| runners.iter().rev().find(|r| r.for_job == Some(job_id)));
+    let phases = JobPhases {
+        github_created_at: job.fields.created_at,
+        webhook_received: job.received.queued,
+        runner_decided: chosen.map(|r| r.created_at),
+        jit_minted: chosen.and_then(|r| r.jit_minted_at),
+        instance_launched: chosen.and_then(|r| r.launched_at),
+        instance_ready: chosen.and_then(|r| r.ready_at),
+        picked_up: job.received.in_progress.or(ran.and_then(|r| r.busy_at)),
+        completed: job.received.completed,
+    };
+    Ok(JobLifecycle {
+        reason: notes.reason,
+        launch_failures: notes.launch_failures,
+        last_error: notes.last_error,
+        phases,
+        runners: runners
+            .iter()
+            .map(|r| RunnerView {
+                id: r.id.to_string(),
+                pool: r.pool.0.clone(),
+                state: r.state.to_string(),
+                for_job: r.for_job,
+                job: r.job,
+                reason: r.reason.clone(),
+                created_at: r.created_at,
+            })
+            .collect(),
+    })
 }
 
 fn view_of(record: &JobRecord) -> JobView {

@@ -35,6 +35,14 @@ pub enum StoreError {
     },
     #[error("job {job_id} kept changing under us; gave up after {attempts} attempts")]
     Contended { job_id: JobId, attempts: u32 },
+    #[error("runner {runner_id} cannot go from {from} to {to}")]
+    RunnerTransition {
+        runner_id: hangar_types::RunnerId,
+        from: hangar_types::RunnerState,
+        to: hangar_types::RunnerState,
+    },
+    #[error("the stored runner {runner_id} cannot be read")]
+    CorruptRunner { runner_id: String },
     #[error("the store is shut down")]
     Closed,
 }

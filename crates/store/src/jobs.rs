@@ -251,11 +251,14 @@ async fn job_write(
     Err(StoreError::Contended { job_id, attempts: MAX_ATTEMPTS })
 }
 
-fn encode_record(record: &JobRecord) -> String {
+pub(crate) fn encode_record(record: &JobRecord) -> String {
     serde_json::to_string(record).expect("a JobRecord always serializes")
 }
 
-fn decode_record(job_id: JobId, row: &sqlx::any::AnyRow) -> Result<JobRecord, StoreError> {
+pub(crate) fn decode_record(
+    job_id: JobId,
+    row: &sqlx::any::AnyRow,
+) -> Result<JobRecord, StoreError> {
     let record: String = row.get("record");
     serde_json::from_str(&record).map_err(|source| StoreError::Corrupt { job_id, source })
 }

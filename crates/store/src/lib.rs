@@ -20,9 +20,11 @@
 //! Every state change is a conditional write on the row's generation and
 //! reports whether it applied (`jobs::job_write`).
 
+mod batch;
 mod cache;
 mod error;
 mod jobs;
+mod runners;
 mod writer;
 
 use std::str::FromStr;
@@ -35,6 +37,7 @@ use sqlx::{AnyPool, ConnectOptions, Executor};
 pub use cache::{CacheEntry, CacheEntryState, CacheRepoStats, NewCacheEntry, cache_key_norm};
 pub use error::StoreError;
 pub use jobs::{DeliveryOutcome, DeliveryRecord, JobFilter, JobPage, NewDelivery};
+pub use runners::{ActiveJob, JobNotes, RunnerEvent};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

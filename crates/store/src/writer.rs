@@ -15,6 +15,7 @@ use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
+use crate::batch::deliveries_write;
 use crate::jobs::{DeliveryOutcome, NewDelivery, delivery_write};
 
 const MAX_BATCH: usize = 256;
@@ -104,15 +105,18 @@ async fn commit(pool: &AnyPool, batch: &mut Vec<(Box<NewDelivery>, Reply)>) {
     }
 }
 
+/// One transaction: the batched path for several deliveries, the
+/// per-delivery path (which retries contended jobs) for one.
 async fn write_all<'a>(
     pool: &AnyPool,
     deliveries: impl Iterator<Item = &'a NewDelivery>,
 ) -> Result<Vec<DeliveryOutcome>, StoreError> {
+    let deliveries: Vec<&NewDelivery> = deliveries.collect();
     let mut tx = pool.begin().await.map_err(StoreError::query("starting a transaction"))?;
-    let mut outcomes = Vec::new();
-    for delivery in deliveries {
-        outcomes.push(delivery_write(&mut tx, delivery).await?);
-    }
+    let outcomes = match deliveries.as_slice() {
+        [one] => vec![delivery_write(&mut tx, one).await?],
+        many => deliveries_write(&mut tx, many).await?,
+    };
     tx.commit().await.map_err(StoreError::query("committing deliveries"))?;
     Ok(outcomes)
 }

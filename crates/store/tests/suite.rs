@@ -65,7 +65,13 @@ store_suite!(
     the_timeline_keeps_every_delivery_in_order,
     nothing_is_lost_across_a_restart,
     concurrent_deliveries_converge,
+    runner_writes_follow_the_state_machine_and_generations,
+    job_notes_and_active_jobs,
 );
+
+#[path = "suite/runners.rs"]
+mod runners;
+use runners::{job_notes_and_active_jobs, runner_writes_follow_the_state_machine_and_generations};
 
 fn at(seconds: i64) -> Timestamp {
     Utc.timestamp_opt(1_750_000_000 + seconds, 0).single().expect("valid")

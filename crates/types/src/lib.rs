@@ -8,6 +8,7 @@
 mod ids;
 mod job;
 mod labels;
+mod runner;
 
 pub use ids::{
     DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError, Secret,
@@ -17,6 +18,7 @@ pub use job::{
     RunnerAssignment, StateTimes,
 };
 pub use labels::Labels;
+pub use runner::{RunnerRecord, RunnerState};
 
 /// All timestamps in hangar are UTC.
 pub type Timestamp = chrono::DateTime<chrono::Utc>;

@@ -123,6 +123,45 @@ pub(crate) async fn view(args: ViewArgs) -> Result<()> {
         table.add_row([key.to_owned(), value]);
     }
     println!("{table}");
+    let lifecycle = &detail.lifecycle;
+    if let Some(reason) = &lifecycle.reason {
+        println!("Why no runner (scheduler): {reason}");
+    }
+    let phases = &lifecycle.phases;
+    println!("Phases:");
+    let mut phase_table = Table::new();
+    phase_table.load_preset(UTF8_BORDERS_ONLY);
+    for (name, at) in [
+        ("created (GitHub)", phases.github_created_at),
+        ("webhook received", phases.webhook_received),
+        ("runner decided", phases.runner_decided),
+        ("JIT config minted", phases.jit_minted),
+        ("instance launched", phases.instance_launched),
+        ("instance ready", phases.instance_ready),
+        ("picked up", phases.picked_up),
+        ("completed", phases.completed),
+    ] {
+        phase_table.add_row([name.to_owned(), time(at)]);
+    }
+    println!("{phase_table}");
+    if !lifecycle.runners.is_empty() {
+        let mut runners = Table::new();
+        runners
+            .load_preset(UTF8_BORDERS_ONLY)
+            .set_header(["RUNNER", "POOL", "STATE", "RAN JOB", "REASON"]);
+        for r in &lifecycle.runners {
+            let ran = r.job.map(|j| j.to_string()).unwrap_or_default();
+            runners.add_row([
+                r.id.clone(),
+                r.pool.clone(),
+                r.state.clone(),
+                ran,
+                r.reason.clone().unwrap_or_default(),
+            ]);
+        }
+        println!("Runners (made for or ran this job):");
+        println!("{runners}");
+    }
     println!("Timeline (deliveries received):");
     let mut timeline = Table::new();
     timeline.load_preset(UTF8_BORDERS_ONLY).set_header(["RECEIVED", "EVENT", "ACTION", "DELIVERY"]);

@@ -47,6 +47,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         ApiAccess::new(effective.listen.ip().is_loopback(), effective.api_token.as_deref());
     let secret = effective.webhook_secret.as_deref().map(WebhookSecret::new);
     let state = ServerState::new(store.clone(), secret, access);
+    let _lifecycle =
+        crate::lifecycle::start(&config, &store, &effective.data_dir, state.job_activity())?;
     let mut app = hangar_server::router(state);
     // The cache answers on the same listener, at the paths the clients expect.
     let mut eviction = None;

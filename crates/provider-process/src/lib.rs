@@ -1,0 +1,274 @@
+//! The process provider: each runner is a child process of hangar, in its
+//! own work directory `<work_root>/<runner_id>/`.
+//!
+//! **NOT ISOLATED.** The runner runs as hangar's user, on hangar's host,
+//! sharing its network and file system. A workflow can read anything hangar
+//! can. Use it for development, demos and tests, never for untrusted code.
+//!
+//! # How it keeps the provider contract
+//! - The JIT config reaches the runner only through the environment
+//!   variable `ACTIONS_RUNNER_INPUT_JITCONFIG` (the runner reads any
+//!   argument from `ACTIONS_RUNNER_INPUT_<NAME>`), never the command line,
+//!   which any local user can read in `/proc`.
+//! - **`list` is the truth, even across restarts.** State lives on disk:
+//!   the work directory holds `pid` and, once the child ended, `exit_code`.
+//!   `list` scans `<work_root>` so it reports runners a previous hangar
+//!   process started (orphans after `kill -9`), checking liveness through
+//!   `/proc/<pid>/cwd`, which also guards against a reused pid.
+//! - Each child leads its own process group, so destroy kills the runner
+//!   and anything it started, and survives hangar being killed (its runner
+//!   keeps working; the restarted hangar finds it).
+//! - Destroy is idempotent: kill the group if alive, remove the directory.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use hangar_provider::{Health, Instance, InstanceState, Provider, ProviderError, RunnerSpec};
+use hangar_types::{RunnerId, Timestamp};
+use serde::Deserialize;
+
+/// The `[pools.settings]` of a `provider = "process"` pool.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// The runner program (`run.sh`, or `hangar-standin-runner`).
+    pub command: PathBuf,
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Where work directories go; default `<data_dir>/runners/<pool>`.
+    #[serde(default)]
+    pub work_root: Option<PathBuf>,
+    /// Extra environment for every runner of the pool.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// Why the settings of a process pool are unusable.
+#[derive(Debug, thiserror::Error)]
+#[error("pools.settings of a process pool: {message}")]
+pub struct SettingsError {
+    message: String,
+}
+
+/// See the module docs. One value per pool.
+#[derive(Debug)]
+pub struct ProcessProvider {
+    config: ProcessConfig,
+    work_root: PathBuf,
+}
+
+const PID_FILE: &str = "pid";
+const EXIT_FILE: &str = "exit_code";
+const LOG_FILE: &str = "runner.log";
+
+impl ProcessProvider {
+    /// Builds the provider from a pool's settings table.
+    pub fn from_settings(
+        settings: &toml::Table,
+        default_work_root: &Path,
+    ) -> Result<ProcessProvider, SettingsError> {
+        let config: ProcessConfig = settings
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| SettingsError { message: e.message().to_owned() })?;
+        Ok(ProcessProvider::new(config, default_work_root))
+    }
+
+    pub fn new(config: ProcessConfig, default_work_root: &Path) -> ProcessProvider {
+        let work_root = config.work_root.clone().unwrap_or_else(|| default_work_root.to_owned());
+        tracing::warn!(
+            work_root = %work_root.display(),
+            "The process provider runs runners as local child processes: NOT isolated, for development only."
+        );
+        ProcessProvider { config, work_root }
+    }
+
+    fn dir(&self, runner_id: &RunnerId) -> PathBuf {
+        self.work_root.join(runner_id.as_str())
+    }
+
+    async fn instance_read(&self, runner_id: &RunnerId) -> Option<Instance> {
+        let dir = self.dir(runner_id);
+        let pid = tokio::fs::read_to_string(dir.join(PID_FILE)).await.ok()?;
+        let pid: u32 = pid.trim().parse().ok()?;
+        let launched_at: Timestamp = tokio::fs::metadata(dir.join(PID_FILE))
+            .await
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .map_or_else(chrono::Utc::now, Into::into);
+        let state = match tokio::fs::read_to_string(dir.join(EXIT_FILE)).await {
+            Ok(code) => InstanceState::Exited { code: code.trim().parse().ok() },
+            Err(_) if alive(pid, &dir).await => InstanceState::Running,
+            Err(_) => InstanceState::Exited { code: None },
+        };
+        Some(Instance {
+            runner_id: runner_id.clone(),
+            state,
+            launched_at,
+            detail: format!("pid {pid} in {}", dir.display()),
+        })
+    }
+}
+
+/// Whether `pid` is a live process working in `dir` (not a reused pid).
+async fn alive(pid: u32, dir: &Path) -> bool {
+    let Ok(cwd) = tokio::fs::read_link(format!("/proc/{pid}/cwd")).await else {
+        return false;
+    };
+    let Ok(stat) = tokio::fs::read_to_string(format!("/proc/{pid}/stat")).await else {
+        return false;
+    };
+    // Field 3 of /proc/PID/stat is the state; `Z` is a zombie: it has exited.
+    let zombie = stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+    let dir = tokio::fs::canonicalize(dir).await.unwrap_or_else(|_| dir.to_owned());
+    !zombie && cwd == dir
+}
+
+fn launch_error(runner_id: &RunnerId, reason: &str, source: std::io::Error) -> ProviderError {
+    ProviderError::Launch {
+        runner_id: runner_id.clone(),
+        reason: reason.to_owned(),
+        source: Some(Box::new(source)),
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for ProcessProvider {
+    fn kind(&self) -> &'static str {
+        "process"
+    }
+
+    async fn launch(&self, spec: &RunnerSpec) -> Result<Instance, ProviderError> {
+        let id = &spec.runner_id;
+        if let Some(existing) = self.instance_read(id).await {
+            return Ok(existing);
+        }
+        let dir = self.dir(id);
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| launch_error(id, "creating the work directory", e))?;
+        let log = std::fs::File::create(dir.join(LOG_FILE))
+            .map_err(|e| launch_error(id, "creating the runner log", e))?;
+        let log_err =
+            log.try_clone().map_err(|e| launch_error(id, "creating the runner log", e))?;
+        let mut command = tokio::process::Command::new(&self.config.command);
+        command
+            .args(&self.config.args)
+            .current_dir(&dir)
+            .env("ACTIONS_RUNNER_INPUT_JITCONFIG", spec.jit_config.expose())
+            .env("HANGAR_RUNNER_ID", id.as_str())
+            .envs(&self.config.env)
+            .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0);
+        let mut child = command.spawn().map_err(|e| launch_error(id, "starting the runner", e))?;
+        let pid = child.id().unwrap_or_default();
+        tokio::fs::write(dir.join(PID_FILE), pid.to_string())
+            .await
+            .map_err(|e| launch_error(id, "writing the pid file", e))?;
+        let exit_file = dir.join(EXIT_FILE);
+        let runner_id = id.clone();
+        tokio::spawn(async move {
+            let code = match child.wait().await {
+                Ok(status) => status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string()),
+                Err(_) => "unknown".to_owned(),
+            };
+            // The directory is gone when the runner was destroyed; fine.
+            let _ = tokio::fs::write(&exit_file, &code).await;
+            tracing::debug!(runner_id = %runner_id, code = %code, "Runner process exited.");
+        });
+        Ok(Instance {
+            runner_id: id.clone(),
+            state: InstanceState::Running,
+            launched_at: chrono::Utc::now(),
+            detail: format!("pid {pid} in {}", dir.display()),
+        })
+    }
+
+    async fn destroy(&self, runner_id: &RunnerId) -> Result<(), ProviderError> {
+        let dir = self.dir(runner_id);
+        let destroy_error = |reason: &str, source: std::io::Error| ProviderError::Destroy {
+            runner_id: runner_id.clone(),
+            reason: reason.to_owned(),
+            source: Some(Box::new(source)),
+        };
+        let pid = tokio::fs::read_to_string(dir.join(PID_FILE))
+            .await
+            .ok()
+            .and_then(|pid| pid.trim().parse::<u32>().ok());
+        if let Some(pid) = pid
+            && alive(pid, &dir).await
+        {
+            // The child leads its own group: kill the group.
+            let status = tokio::process::Command::new("kill")
+                .args(["-KILL", "--", &format!("-{pid}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await
+                .map_err(|e| destroy_error("running kill", e))?;
+            if !status.success() && alive(pid, &dir).await {
+                return Err(ProviderError::Destroy {
+                    runner_id: runner_id.clone(),
+                    reason: format!("kill -KILL -{pid} failed"),
+                    source: None,
+                });
+            }
+        }
+        match tokio::fs::remove_dir_all(&dir).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(destroy_error("removing the work directory", e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<Instance>, ProviderError> {
+        let mut entries = match tokio::fs::read_dir(&self.work_root).await {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(ProviderError::List {
+                    reason: format!("reading {}", self.work_root.display()),
+                    source: Some(Box::new(e)),
+                });
+            }
+        };
+        let mut instances = Vec::new();
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else { continue };
+            let Ok(runner_id) = RunnerId::try_from(name) else { continue };
+            match self.instance_read(&runner_id).await {
+                Some(instance) => instances.push(instance),
+                // A directory without a pid: a launch that died half-way.
+                // Report it so the reaper destroys it.
+                None => instances.push(Instance {
+                    runner_id,
+                    state: InstanceState::Exited { code: None },
+                    launched_at: chrono::Utc::now(),
+                    detail: "incomplete launch".into(),
+                }),
+            }
+        }
+        instances.sort_by(|a, b| a.runner_id.cmp(&b.runner_id));
+        Ok(instances)
+    }
+
+    async fn health(&self) -> Health {
+        if let Err(e) = tokio::fs::create_dir_all(&self.work_root).await {
+            return Health {
+                ok: false,
+                message: format!("cannot create {}: {e}", self.work_root.display()),
+            };
+        }
+        Health {
+            ok: true,
+            message: "process provider: runners are local child processes, NOT isolated".into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

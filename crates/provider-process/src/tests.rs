@@ -1,0 +1,91 @@
+//! The conformance suite against the process provider, plus what only a
+//! process can show: the JIT config arrives in the environment and not on
+//! the command line; runners outlive a forgotten provider value and are
+//! still listed (orphans after a crash).
+
+use std::time::Duration;
+
+use hangar_provider::{InstanceState, Provider, conformance};
+
+use super::{ProcessConfig, ProcessProvider};
+
+fn provider(root: &std::path::Path, script: &str) -> ProcessProvider {
+    let config = ProcessConfig {
+        command: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        work_root: None,
+        env: Default::default(),
+    };
+    ProcessProvider::new(config, root)
+}
+
+#[tokio::test]
+async fn long_running_runners_pass_the_conformance_suite() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let p = provider(root.path(), "sleep 30");
+    conformance::check(&p, conformance::Options::default()).await;
+    assert!(p.list().await.expect("list").is_empty());
+}
+
+#[tokio::test]
+async fn exiting_runners_pass_the_conformance_suite() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let p = provider(root.path(), "exit 3");
+    let options = conformance::Options { runner_exits_within: Some(Duration::from_secs(10)) };
+    conformance::check(&p, options).await;
+}
+
+#[tokio::test]
+async fn jit_config_is_in_the_environment_and_not_on_the_command_line() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let script =
+        "printf %s \"$ACTIONS_RUNNER_INPUT_JITCONFIG\" > jit; cat /proc/$$/cmdline > cmdline";
+    let p = provider(root.path(), script);
+    let spec = conformance::spec("env");
+    p.launch(&spec).await.expect("launch");
+    let dir = root.path().join(spec.runner_id.as_str());
+    let jit =
+        hangar_test_harness::wait_for("runner wrote its files", Duration::from_secs(10), || {
+            let dir = dir.clone();
+            async move {
+                let exit = tokio::fs::read_to_string(dir.join("exit_code")).await.ok()?;
+                assert_eq!(exit, "0");
+                tokio::fs::read_to_string(dir.join("jit")).await.ok()
+            }
+        })
+        .await;
+    assert_eq!(jit, "jit-secret-env");
+    let cmdline = tokio::fs::read(dir.join("cmdline")).await.expect("cmdline");
+    assert!(!String::from_utf8_lossy(&cmdline).contains("jit-secret"));
+    let listed = p.list().await.expect("list");
+    assert_eq!(listed[0].state, InstanceState::Exited { code: Some(0) });
+    p.destroy(&spec.runner_id).await.expect("destroy");
+    assert!(!dir.exists());
+}
+
+#[tokio::test]
+async fn a_new_provider_value_finds_and_destroys_runners_of_the_old_one() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let first = provider(root.path(), "sleep 30");
+    let spec = conformance::spec("orphan");
+    first.launch(&spec).await.expect("launch");
+    drop(first);
+    // A restarted hangar builds a new provider value over the same directory.
+    let second = provider(root.path(), "sleep 30");
+    let listed = second.list().await.expect("list");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].state, InstanceState::Running);
+    second.destroy(&spec.runner_id).await.expect("destroy");
+    assert!(second.list().await.expect("list").is_empty());
+}
+
+#[test]
+fn settings_are_checked() {
+    let table: toml::Table = toml::from_str("command = 'run.sh'\nargs = ['--once']").expect("toml");
+    let p = ProcessProvider::from_settings(&table, std::path::Path::new("/tmp/x")).expect("valid");
+    assert_eq!(p.config.args, vec!["--once".to_owned()]);
+    let table: toml::Table = toml::from_str("comand = 'run.sh'").expect("toml");
+    let err =
+        ProcessProvider::from_settings(&table, std::path::Path::new("/tmp/x")).expect_err("typo");
+    assert!(err.to_string().contains("comand"), "{err}");
+}

@@ -1,0 +1,322 @@
+//! The scheduler's part of `hangar.toml`: the `[scheduler]` section (timers,
+//! deadlines, retry bounds) and the `[[pools]]` list.
+//!
+//! ```toml
+//! [scheduler]
+//! pickup_deadline = 300      # seconds; fractions allowed everywhere
+//!
+//! [[pools]]
+//! name = "linux-x64"
+//! labels = ["linux", "x64"]  # `self-hosted` is always added
+//! provider = "process"
+//! max_runners = 20
+//! min_hot = 2
+//! idle_timeout = 300
+//! keep_warm = 60
+//! [pools.settings]           # handed to the provider as-is
+//! command = "/usr/local/bin/hangar-standin-runner"
+//! ```
+//!
+//! Durations are plain numbers of seconds so a config stays greppable and
+//! tests can use fractions. Every struct denies unknown fields: a typo is an
+//! error naming the key, never a silently ignored setting.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use hangar_types::{Labels, PoolName};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The label every hangar runner carries, as GitHub's own self-hosted runners do.
+pub const SELF_HOSTED: &str = "self-hosted";
+
+/// The `[scheduler]` section.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Where runners are registered: an organization (`octo-org`) or one
+    /// repository (`owner/repo`). Required as soon as a pool is configured.
+    #[serde(default)]
+    pub runner_scope: Option<String>,
+    /// How often the reconciler runs without being poked by a webhook.
+    #[serde(default = "defaults::reconcile_interval", with = "secs")]
+    pub reconcile_interval: Duration,
+    /// How often GitHub is polled for queued jobs, runner registrations
+    /// (orphans) and failed webhook deliveries.
+    #[serde(default = "defaults::github_sync_interval", with = "secs")]
+    pub github_sync_interval: Duration,
+    /// A runner made for a job that is still queued and not picked up this
+    /// long after launch is torn down and replaced.
+    #[serde(default = "defaults::pickup_deadline", with = "secs")]
+    pub pickup_deadline: Duration,
+    /// No idle runner lives longer than this.
+    #[serde(default = "defaults::max_lifetime", with = "secs")]
+    pub max_lifetime: Duration,
+    /// Launches per job before hangar gives up and says so on the job.
+    #[serde(default = "defaults::launch_attempts")]
+    pub launch_attempts: u32,
+    /// Wait before the second launch of a job; doubles per further attempt.
+    #[serde(default = "defaults::launch_backoff", with = "secs")]
+    pub launch_backoff: Duration,
+    /// A provider launch or destroy that takes longer has failed.
+    #[serde(default = "defaults::provider_timeout", with = "secs")]
+    pub provider_timeout: Duration,
+    /// Runner creations (JIT mint + launch) in flight at once.
+    #[serde(default = "defaults::max_concurrent_launches")]
+    pub max_concurrent_launches: usize,
+    /// GitHub runner group new runners join (1 is "Default").
+    #[serde(default = "defaults::runner_group_id")]
+    pub runner_group_id: i64,
+}
+
+/// One `[[pools]]` entry.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    pub name: PoolName,
+    /// The labels runners of this pool register with (plus `self-hosted`).
+    pub labels: Vec<String>,
+    /// Which provider runs this pool's runners: `process`, `microvm`, `ec2`, `fake`.
+    pub provider: String,
+    pub max_runners: u32,
+    /// Runners kept started and idle, waiting for jobs.
+    #[serde(default)]
+    pub min_hot: u32,
+    /// An idle runner nobody needs is torn down after this long.
+    #[serde(default = "defaults::idle_timeout", with = "secs")]
+    pub idle_timeout: Duration,
+    /// After a job of this pool completes, keep one more runner warm for
+    /// this long (reruns get a runner at once).
+    #[serde(default, with = "secs")]
+    pub keep_warm: Duration,
+    /// Provider-specific settings, validated by the provider when built.
+    #[serde(default)]
+    pub settings: toml::Table,
+}
+
+impl PoolConfig {
+    /// The labels a runner of this pool registers with: the configured ones
+    /// and `self-hosted`.
+    pub fn runner_labels(&self) -> Labels {
+        Labels::new(self.labels.iter().map(String::as_str).chain([SELF_HOSTED]))
+    }
+
+    /// Whether a job asking for `job_labels` can run here.
+    pub fn matches(&self, job_labels: &Labels) -> bool {
+        self.runner_labels().is_superset_of(job_labels)
+    }
+}
+
+/// What is wrong with a config, naming the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {expected}")]
+pub struct ConfigError {
+    pub key: String,
+    pub expected: String,
+}
+
+/// Checks what serde cannot: unique names, sane bounds.
+pub fn validate(scheduler: &SchedulerConfig, pools: &[PoolConfig]) -> Result<(), ConfigError> {
+    let err = |key: String, expected: &str| Err(ConfigError { key, expected: expected.into() });
+    if scheduler.launch_attempts == 0 {
+        return err("scheduler.launch_attempts".into(), "expected at least 1");
+    }
+    if scheduler.max_concurrent_launches == 0 {
+        return err("scheduler.max_concurrent_launches".into(), "expected at least 1");
+    }
+    if scheduler.reconcile_interval.is_zero() {
+        return err("scheduler.reconcile_interval".into(), "expected more than 0 seconds");
+    }
+    let scope_ok = scheduler.runner_scope.as_deref().is_some_and(|s| {
+        let mut parts = s.split('/');
+        let valid = |p: Option<&str>| p.is_some_and(|p| !p.is_empty());
+        valid(parts.next()) && parts.next().is_none_or(|p| !p.is_empty()) && parts.next().is_none()
+    });
+    if !pools.is_empty() && !scope_ok {
+        return err(
+            "scheduler.runner_scope".into(),
+            "expected the organization (`octo-org`) or repository (`owner/repo`) runners register in",
+        );
+    }
+    let mut names = BTreeSet::new();
+    for (i, pool) in pools.iter().enumerate() {
+        let key = |field: &str| format!("pools[{i}].{field}");
+        let valid_name = !pool.name.0.is_empty()
+            && pool.name.0.len() <= 32
+            && pool
+                .name
+                .0
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        if !valid_name {
+            return err(key("name"), "expected 1 to 32 of [a-z0-9-] (it is part of runner names)");
+        }
+        if !names.insert(pool.name.0.as_str()) {
+            return err(key("name"), "expected a name no other pool uses");
+        }
+        if pool.max_runners == 0 {
+            return err(key("max_runners"), "expected at least 1");
+        }
+        if pool.min_hot > pool.max_runners {
+            return err(key("min_hot"), "expected at most max_runners");
+        }
+        if pool.labels.iter().any(|l| l.trim().is_empty() || l.contains(',')) {
+            return err(key("labels"), "expected non-empty labels without commas");
+        }
+    }
+    Ok(())
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> SchedulerConfig {
+        SchedulerConfig {
+            runner_scope: None,
+            reconcile_interval: defaults::reconcile_interval(),
+            github_sync_interval: defaults::github_sync_interval(),
+            pickup_deadline: defaults::pickup_deadline(),
+            max_lifetime: defaults::max_lifetime(),
+            launch_attempts: defaults::launch_attempts(),
+            launch_backoff: defaults::launch_backoff(),
+            provider_timeout: defaults::provider_timeout(),
+            max_concurrent_launches: defaults::max_concurrent_launches(),
+            runner_group_id: defaults::runner_group_id(),
+        }
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub(super) fn reconcile_interval() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub(super) fn github_sync_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub(super) fn pickup_deadline() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn max_lifetime() -> Duration {
+        Duration::from_secs(6 * 3600)
+    }
+    pub(super) fn launch_attempts() -> u32 {
+        3
+    }
+    pub(super) fn launch_backoff() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub(super) fn provider_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub(super) fn max_concurrent_launches() -> usize {
+        16
+    }
+    pub(super) fn runner_group_id() -> i64 {
+        1
+    }
+    pub(super) fn idle_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+}
+
+/// Durations as (possibly fractional) seconds.
+mod secs {
+    use super::*;
+
+    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Num {
+            Int(u64),
+            Float(f64),
+        }
+        match Num::deserialize(d)? {
+            Num::Int(secs) => Ok(Duration::from_secs(secs)),
+            Num::Float(secs) => Duration::try_from_secs_f64(secs)
+                .map_err(|_| serde::de::Error::custom("expected a non-negative number of seconds")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct File {
+        #[serde(default)]
+        scheduler: Option<SchedulerConfig>,
+        pools: Vec<PoolConfig>,
+    }
+
+    #[test]
+    fn pools_parse_with_defaults_and_self_hosted_is_added() {
+        let file: File = toml::from_str(
+            r#"
+            [[pools]]
+            name = "linux-x64"
+            labels = ["Linux", "X64"]
+            provider = "process"
+            max_runners = 20
+            keep_warm = 1.5
+            [pools.settings]
+            command = "run.sh"
+            "#,
+        )
+        .expect("valid config");
+        let pool = &file.pools[0];
+        assert_eq!(pool.runner_labels(), Labels::new(["self-hosted", "linux", "x64"]));
+        assert!(pool.matches(&Labels::new(["self-hosted", "LINUX"])));
+        assert!(!pool.matches(&Labels::new(["self-hosted", "gpu"])));
+        assert_eq!(pool.keep_warm, Duration::from_millis(1500));
+        assert_eq!(pool.idle_timeout, Duration::from_secs(300));
+        assert!(file.scheduler.is_none());
+        let err = validate(&SchedulerConfig::default(), &file.pools).expect_err("no scope");
+        assert!(err.to_string().starts_with("scheduler.runner_scope: expected"), "{err}");
+        let scoped =
+            SchedulerConfig { runner_scope: Some("octo-org".into()), ..SchedulerConfig::default() };
+        validate(&scoped, &file.pools).expect("valid pools");
+    }
+
+    #[test]
+    fn typos_and_bad_values_name_the_key() {
+        let typo = toml::from_str::<File>(
+            "[[pools]]\nname='a'\nlabels=[]\nprovider='fake'\nmax_runner=1\n",
+        );
+        let message = typo.err().expect("typo rejected").to_string();
+        assert!(message.contains("max_runner"), "{message}");
+
+        let pool = |name: &str, max, min_hot| PoolConfig {
+            name: PoolName(name.into()),
+            labels: vec!["linux".into()],
+            provider: "fake".into(),
+            max_runners: max,
+            min_hot,
+            idle_timeout: Duration::from_secs(1),
+            keep_warm: Duration::ZERO,
+            settings: toml::Table::new(),
+        };
+        let cfg =
+            SchedulerConfig { runner_scope: Some("o/r".into()), ..SchedulerConfig::default() };
+        let check = |pools: &[PoolConfig]| validate(&cfg, pools).err().map(|e| e.to_string());
+        assert_eq!(check(&[pool("a", 1, 0)]), None);
+        assert_eq!(
+            check(&[pool("a", 0, 0)]),
+            Some("pools[0].max_runners: expected at least 1".into())
+        );
+        assert_eq!(
+            check(&[pool("a", 1, 2)]),
+            Some("pools[0].min_hot: expected at most max_runners".into())
+        );
+        assert!(
+            check(&[pool("a", 1, 0), pool("a", 1, 0)])
+                .is_some_and(|m| m.starts_with("pools[1].name"))
+        );
+        assert!(check(&[pool("Big_Pool", 1, 0)]).is_some_and(|m| m.starts_with("pools[0].name")));
+    }
+}
