@@ -13,8 +13,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use hangar_github::{RestClient, RunnerScope};
 use hangar_provider::Provider;
+use hangar_provider_microvm::{MicrovmConfig, MicrovmProvider};
 use hangar_provider_process::ProcessProvider;
 use hangar_scheduler::Lifecycle;
+use hangar_scheduler::config::PoolConfig;
 use hangar_store::Store;
 use hangar_types::PoolName;
 use tokio::sync::Notify;
@@ -23,7 +25,7 @@ use crate::config::HangarConfig;
 
 /// Builds and spawns the lifecycle; `Ok(None)` when no pool is configured
 /// (hangar then only records webhooks).
-pub(crate) fn start(
+pub(crate) async fn start(
     config: &HangarConfig,
     store: &Store,
     data_dir: &Path,
@@ -55,8 +57,10 @@ pub(crate) fn start(
                         .map_err(|e| anyhow::anyhow!("config: pools[{i}]: {e}"))?,
                 )
             }
+            "microvm" => Arc::new(microvm_provider(i, pool, data_dir).await?),
             other => bail!(
-                "config: key `pools[{i}].provider`: `{other}` is not built into this hangar (expected `process`)"
+                "config: key `pools[{i}].provider`: `{other}` is not built into this hangar \
+                 (expected `microvm` or `process`)"
             ),
         };
         providers.insert(pool.name.clone(), provider);
@@ -74,4 +78,38 @@ pub(crate) fn start(
     lifecycle.recovery_spawn();
     tracing::info!(pools = config.pools.len(), "Runner lifecycle started.");
     Ok(Some(lifecycle))
+}
+
+/// A microVM pool. Its `settings` are a `MicrovmConfig`; `state_dir`
+/// defaults to `<data_dir>/vms/<pool>`, and `kernel`/`rootfs` to the newest
+/// image `hangar image build` left in the image cache.
+async fn microvm_provider(i: usize, pool: &PoolConfig, data_dir: &Path) -> Result<MicrovmProvider> {
+    let mut settings = pool.settings.clone();
+    let state_dir = data_dir.join("vms").join(&pool.name.0);
+    settings.entry("state_dir").or_insert_with(|| state_dir.display().to_string().into());
+    if !settings.contains_key("kernel") || !settings.contains_key("rootfs") {
+        let cache =
+            crate::cmd::image::cache_dir(std::env::var_os("HANGAR_CACHE_DIR").map(Into::into));
+        let newest = hangar_provider_microvm::image::image_list(&cache).into_iter().next();
+        let Some(image) = newest else {
+            bail!(
+                "config: pools[{i}] (microvm): no `settings.kernel`/`settings.rootfs` and no image in {} \
+                 (build one with `hangar image build SPEC`)",
+                cache.display()
+            );
+        };
+        settings.entry("kernel").or_insert_with(|| image.kernel.display().to_string().into());
+        settings.entry("rootfs").or_insert_with(|| image.rootfs.display().to_string().into());
+    }
+    let config: MicrovmConfig = settings.try_into().map_err(|e: toml::de::Error| {
+        anyhow::anyhow!("config: pools[{i}].settings (microvm): {}", e.message().trim())
+    })?;
+    let provider = MicrovmProvider::new(pool.name.clone(), config)
+        .await
+        .with_context(|| format!("starting the microVM provider of pool {}", pool.name))?;
+    let health = provider.health().await;
+    if !health.ok {
+        tracing::warn!(pool = %pool.name, problem = %health.message, "The microVM provider cannot launch yet.");
+    }
+    Ok(provider)
 }

@@ -465,3 +465,17 @@ async fn prebooted_vms_restored_from_a_snapshot_run_runners() {
     provider.shutdown().await;
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
 }
+
+/// The one provider conformance suite, against real VMs. The test image's
+/// runner exits at once when it is given no script, so exits are reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_conformance_suite_passes() {
+    let Some(env) = env() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
+    let provider = MicrovmProvider::new(pool(), config(&env, state.path())).await.unwrap();
+    let options = hangar_provider::conformance::Options { runner_exits_within: Some(BOOT) };
+    hangar_provider::conformance::check(&provider, options).await;
+    assert_eq!(dir_entries(state.path()), Vec::<String>::new(), "nothing is left");
+    provider.shutdown().await;
+}

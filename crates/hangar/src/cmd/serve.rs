@@ -48,7 +48,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let secret = effective.webhook_secret.as_deref().map(WebhookSecret::new);
     let state = ServerState::new(store.clone(), secret, access);
     let _lifecycle =
-        crate::lifecycle::start(&config, &store, &effective.data_dir, state.job_activity())?;
+        crate::lifecycle::start(&config, &store, &effective.data_dir, state.job_activity()).await?;
     let mut app = hangar_server::router(state);
     // The cache answers on the same listener, at the paths the clients expect.
     let mut eviction = None;
