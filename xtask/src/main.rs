@@ -79,7 +79,9 @@ fn main() -> Result<()> {
 fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
     let env = prepare::all(root)?;
     let mut nextest = Command::new("cargo");
-    nextest.args(["nextest", "run", "--workspace", "--all-targets", "--no-fail-fast"]);
+    // Not `--all-targets`: benches are `harness = false` programs (they would run
+    // in full when nextest lists tests); `cargo bench` runs them.
+    nextest.args(["nextest", "run", "--workspace", "--lib", "--bins", "--tests", "--no-fail-fast"]);
     nextest.args(nextest_args);
     nextest.envs(env.vars.iter().map(|(k, v)| (k, v)));
     run(&mut nextest).context("tests failed")?;
