@@ -235,7 +235,8 @@ impl Store {
             .bind(scope)
             .bind(version)
             .bind(CacheEntryState::Ready.as_str())
-            .bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
+            // An INTEGER, not a BIGINT: PostgreSQL has no substr(text, int, bigint).
+            .bind(i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX))
             .bind(&prefix)
             .fetch_optional(self.pool())
             .await
