@@ -329,14 +329,7 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// An error with all its sources, `: `-separated.
-pub(crate) fn chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
-    let mut source = error.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
+/// An error with all its sources, `: `-separated (see `ErrorChain`).
+pub(crate) fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    hangar_types::ErrorChain(error).to_string()
 }
