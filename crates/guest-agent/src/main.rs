@@ -38,10 +38,16 @@ fn main() {
 /// Log lines carry the guest's uptime (CLOCK_BOOTTIME, in seconds with
 /// millisecond precision), to see where boot and dispatch time goes.
 fn log(line: &str) {
-    match nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME) {
-        Ok(t) => eprintln!("hangar-agent: [{}.{:03}] {line}", t.tv_sec(), t.tv_nsec() / 1_000_000),
-        Err(_) => eprintln!("hangar-agent: [?] {line}"),
-    }
+    let ms = boot_time_ms();
+    eprintln!("hangar-agent: [{}.{:03}] {line}", ms / 1000, ms % 1000);
+}
+
+/// Milliseconds since the guest booted (0 if the clock cannot be read).
+fn boot_time_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+            + u64::try_from(t.tv_nsec() / 1_000_000).unwrap_or(0)
+    })
 }
 
 fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
@@ -95,7 +101,9 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
             Err(e) => log(&format!("ignoring a malformed message: {e}")),
         }
     };
-    log(&format!("starting runner {runner_id}"));
+    // No console line before the runner is started: under TCG a serial
+    // line costs milliseconds, and this is the dispatch path.
+    let received = boot_time_ms();
     if let Some(ms) = now.and_then(|ms| i64::try_from(ms).ok()) {
         let now = nix::sys::time::TimeSpec::new(ms / 1000, (ms % 1000) * 1_000_000);
         if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now) {
@@ -148,7 +156,10 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     let mut child = command.spawn().map_err(|e| format!("starting {program}: {e}"))?;
     let pid = child.id();
     send(&mut writer, &GuestMessage::RunnerStarted { pid })?;
-    log(&format!("runner started, pid {pid}"));
+    log(&format!(
+        "runner {runner_id} started, pid {pid} ({} ms after the spec arrived)",
+        boot_time_ms().saturating_sub(received)
+    ));
 
     let code = if is_init {
         wait_reaping(pid)
