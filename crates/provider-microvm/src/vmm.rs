@@ -57,6 +57,12 @@ pub enum VmmError {
         #[source]
         source: std::io::Error,
     },
+    #[error("could not open the saved state {path}")]
+    State {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("could not start {program}")]
     Spawn {
         program: PathBuf,
@@ -189,8 +195,11 @@ impl Qemu {
                 format!("virtio-net-device,netdev=n0,mac={}", tap.mac),
             ]);
         }
-        if let Some(state) = &plan.incoming_state {
-            args.extend(["-incoming".into(), format!("exec:cat {}", p(state))]);
+        if plan.incoming_state.is_some() {
+            // `spawn` opens the state file as QEMU's stdin (nothing else
+            // uses it: no stdio chardev): QEMU reads it itself, instead of
+            // `exec:cat` forking a shell and cat and copying through a pipe.
+            args.extend(["-incoming".into(), "fd:0".into()]);
         }
         args
     }
@@ -208,9 +217,16 @@ impl Vmm for Qemu {
         let log2 = log
             .try_clone()
             .map_err(|source| VmmError::Log { path: plan.vmm_log.clone(), source })?;
+        let stdin = match &plan.incoming_state {
+            Some(state) => Stdio::from(
+                std::fs::File::open(state)
+                    .map_err(|source| VmmError::State { path: state.clone(), source })?,
+            ),
+            None => Stdio::null(),
+        };
         tokio::process::Command::new(&self.binary)
             .args(self.args(plan))
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(log)
             .stderr(log2)
             .process_group(0)
@@ -326,6 +342,17 @@ mod tests {
         assert!(cmdline.contains("noapictimer"), "{cmdline}");
         let kvm = qemu.kernel_cmdline(&plan(Accel::Kvm, None));
         assert!(!kvm.contains("tsc_early_khz") && !kvm.contains("noapictimer"), "{kvm}");
+    }
+
+    #[test]
+    fn a_restore_reads_the_state_from_stdin_without_a_shell() {
+        let qemu = Qemu { binary: "qemu".into(), tsc_khz: None };
+        let mut restore = plan(Accel::Tcg, None);
+        restore.incoming_state = Some("/state/snapshot/state.bin".into());
+        let joined = qemu.args(&restore).join(" ");
+        assert!(joined.contains("-incoming fd:0"), "{joined}");
+        assert!(!joined.contains("exec:"), "{joined}");
+        assert!(!qemu.args(&plan(Accel::Tcg, None)).join(" ").contains("-incoming"));
     }
 
     #[test]
