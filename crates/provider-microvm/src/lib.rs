@@ -163,6 +163,9 @@ struct Inner {
     runners: Mutex<HashMap<RunnerId, Arc<Vm>>>,
     hot: Mutex<Vec<Arc<Vm>>>,
     refill: tokio::sync::Notify,
+    /// Pre-booted VMs a launch took whose runner has not started yet; the
+    /// refill waits for them (see `refill_loop`).
+    dispatching: Arc<std::sync::atomic::AtomicUsize>,
     network: Option<net::Network>,
     /// The idle-VM snapshot pre-booted VMs are restored from
     /// (`prebooted_restore`).
@@ -238,6 +241,7 @@ impl MicrovmProvider {
             runners: Mutex::new(HashMap::new()),
             hot: Mutex::new(Vec::new()),
             refill: tokio::sync::Notify::new(),
+            dispatching: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             network,
             snapshot: tokio::sync::Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
@@ -380,7 +384,7 @@ impl Provider for MicrovmProvider {
                 inner.vm_destroy(&vm).await;
                 return Err(launch_error(&spec.runner_id, "recording the runner id", source));
             }
-            inner.refill.notify_one();
+            refill_after_dispatch(inner, &vm);
             vm
         } else {
             match inner.vm_boot(Some(&spec.runner_id), None).await {
@@ -902,7 +906,31 @@ async fn send_to_guest(
     Ok(())
 }
 
+/// How long a refill waits for a taken VM's runner to start, at most.
+const REFILL_HOLD: Duration = Duration::from_secs(5);
+
+/// Wakes the refill once `vm`, just taken from the pre-booted pool, has
+/// started its runner (or ended, or [`REFILL_HOLD`] passed). Until then the
+/// refill does not boot: a boot is CPU-bound (several cores' worth under
+/// TCG) and would compete with the dispatch the pool exists to make fast.
+fn refill_after_dispatch(inner: &Arc<Inner>, vm: &Arc<Vm>) {
+    use std::sync::atomic::Ordering;
+    inner.dispatching.fetch_add(1, Ordering::SeqCst);
+    let weak = Arc::downgrade(inner);
+    let dispatching = Arc::clone(&inner.dispatching);
+    let mut state = vm.state.subscribe();
+    tokio::spawn(async move {
+        let started = state.wait_for(|s| !matches!(s, VmState::Idle | VmState::Assigned));
+        let _ = tokio::time::timeout(REFILL_HOLD, started).await;
+        dispatching.fetch_sub(1, Ordering::SeqCst);
+        if let Some(inner) = weak.upgrade() {
+            inner.refill.notify_one();
+        }
+    });
+}
+
 /// Keeps `min_hot` VMs booting or idle; ends when the provider is dropped.
+/// Holds off while a taken VM's runner is starting (`refill_after_dispatch`).
 async fn refill_loop(inner: Weak<Inner>) {
     loop {
         let Some(strong) = inner.upgrade() else { return };
@@ -922,7 +950,8 @@ async fn refill_loop(inner: Weak<Inner>) {
         }
         let missing =
             strong.config.min_hot.saturating_sub(strong.hot.lock().expect("hot lock").len());
-        if missing > 0 {
+        let dispatching = strong.dispatching.load(std::sync::atomic::Ordering::SeqCst) > 0;
+        if missing > 0 && !dispatching {
             let snapshot = if strong.config.prebooted_restore {
                 match strong.pool_snapshot().await {
                     Ok(snapshot) => Some(snapshot),
