@@ -76,9 +76,18 @@ pub enum RunnerSource {
     /// A local file or directory copied to `dest` in the image; `command`
     /// is the runner argv (`{jit_config}` is replaced by the JIT config).
     Local { path: PathBuf, dest: String, command: Vec<String> },
-    /// The test suite's runner script ([`TEST_RUNNER`]).
-    TestRunner,
+    /// The test suite's runner script ([`TEST_RUNNER`]), and beside it the
+    /// GitHub simulator's stand-in runner (`hangar-standin-runner`) when
+    /// `standin` names its binary: the script hands simulator JIT configs
+    /// (base64 JSON) to it, so end-to-end tests run real jobs in VMs.
+    TestRunner {
+        #[serde(default)]
+        standin: Option<PathBuf>,
+    },
 }
+
+/// Where the stand-in runner goes in test images.
+pub const STANDIN_PATH: &str = "/usr/local/bin/hangar-standin-runner";
 
 fn default_suite() -> String {
     "bookworm".into()
@@ -206,8 +215,11 @@ pub fn image_build(
     h.update(Sha256::digest(&agent_bytes));
     h.update(serde_json::to_vec(&config).expect("config serializes"));
     h.update(toml::to_string(spec).expect("spec serializes"));
-    if let RunnerSource::Local { path, .. } = &spec.runner {
-        hash_path(&mut h, path)?;
+    match &spec.runner {
+        RunnerSource::Local { path, .. } | RunnerSource::TestRunner { standin: Some(path) } => {
+            hash_path(&mut h, path)?;
+        }
+        _ => {}
     }
     let key = hex::encode(h.finalize())[..16].to_owned();
     let dir = cache.join("images").join(format!("{}-{key}", spec.name));
@@ -453,7 +465,7 @@ fn agent_config(spec: &ImageSpec) -> AgentConfig {
             hangar_guest_agent::JIT_CONFIG_MARKER.into(),
         ],
         RunnerSource::Local { command, .. } => command.clone(),
-        RunnerSource::TestRunner => vec![
+        RunnerSource::TestRunner { .. } => vec![
             "/usr/local/bin/hangar-test-runner".into(),
             "--jitconfig".into(),
             hangar_guest_agent::JIT_CONFIG_MARKER.into(),
@@ -469,11 +481,19 @@ fn agent_config(spec: &ImageSpec) -> AgentConfig {
 
 fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> {
     match runner {
-        RunnerSource::TestRunner => write_file(
-            &root.join("usr/local/bin/hangar-test-runner"),
-            TEST_RUNNER.as_bytes(),
-            0o755,
-        ),
+        RunnerSource::TestRunner { standin } => {
+            if let Some(standin) = standin {
+                let dest = root.join(STANDIN_PATH.trim_start_matches('/'));
+                // Debug symbols would take most of the image.
+                run(Command::new("objcopy").arg("--strip-debug").arg(standin).arg(&dest))?;
+                set_mode(&dest, 0o755)?;
+            }
+            write_file(
+                &root.join("usr/local/bin/hangar-test-runner"),
+                TEST_RUNNER.as_bytes(),
+                0o755,
+            )
+        }
         RunnerSource::Local { path, dest, .. } => {
             let dest = root.join(dest.trim_start_matches('/'));
             if let Some(parent) = dest.parent() {
@@ -589,7 +609,7 @@ mod tests {
     #[test]
     fn the_shipped_specs_parse() {
         let test = ImageSpec::parse(TEST_SPEC, Path::new("test.toml")).unwrap();
-        assert_eq!(test.runner, RunnerSource::TestRunner);
+        assert_eq!(test.runner, RunnerSource::TestRunner { standin: None });
         assert!(test.fragments().unwrap().len() == 1);
         let full =
             ImageSpec::parse(include_str!("../images/full.toml"), Path::new("full.toml")).unwrap();

@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use hangar_provider_microvm::image::{ImageSpec, StderrProgress, TEST_SPEC, image_build};
+use hangar_provider_microvm::image::{
+    ImageSpec, RunnerSource, StderrProgress, TEST_SPEC, image_build,
+};
 
 use super::TestEnv;
 
@@ -24,12 +26,24 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
         eprintln!("xtask: WARNING: debootstrap missing or not root: the microVM tests will skip");
         return Ok(());
     }
-    crate::run(Command::new("cargo").args(["build", "-q", "-p", "hangar-guest-agent"]))
-        .context("building the guest agent")?;
+    crate::run(Command::new("cargo").args([
+        "build",
+        "-q",
+        "-p",
+        "hangar-guest-agent",
+        "-p",
+        "hangar-standin-runner",
+    ]))
+    .context("building the guest agent and the stand-in runner")?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
     let agent = target.join("debug").join("hangar-guest-agent");
-    let spec = ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
+    let mut spec =
+        ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
+    // End-to-end tests run simulator jobs inside VMs with it.
+    spec.runner = RunnerSource::TestRunner {
+        standin: Some(target.join("debug").join("hangar-standin-runner")),
+    };
     let cache = super::cache_dir();
     eprintln!("xtask: building/finding the microVM test image under {}", cache.display());
     let info = image_build(&cache, &spec, &agent, &mut StderrProgress::default())
