@@ -109,6 +109,12 @@ fn table_of(state: &Path) -> String {
     format!("hangar_{}", &hash[..8])
 }
 
+/// The prefix of the tap names of a pool's VMs.
+fn tap_prefix_of(state: &Path) -> String {
+    let hash = hex::encode(sha2::Sha256::digest(state.as_os_str().as_encoded_bytes()));
+    format!("hg{}", &hash[..4])
+}
+
 fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
@@ -259,10 +265,17 @@ async fn a_nat_vm_cannot_reach_the_host_itself() {
     let out = console(&provider, &spec.runner_id);
     assert!(out.contains("gateway=172.29."), "eth0 is configured: {out}");
     assert!(out.contains("connect-rc=124"), "the host drops packets from VMs: {out}");
-    let taps_before: Vec<String> = dir_entries(Path::new("/sys/class/net"));
+    let taps = || -> Vec<String> {
+        let prefix = tap_prefix_of(state.path());
+        dir_entries(Path::new("/sys/class/net"))
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    assert_eq!(taps().len(), 1, "the vm has its tap");
     provider.destroy(&spec.runner_id).await.unwrap();
-    let taps_after: Vec<String> = dir_entries(Path::new("/sys/class/net"));
-    assert_eq!(taps_before.len(), taps_after.len() + 1, "destroy removed the tap");
+    // Other tests' pools have taps too: only this pool's prefix counts.
+    assert_eq!(taps(), Vec::<String>::new(), "destroy removed the tap");
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
     provider.shutdown().await;
     let tables = std::process::Command::new("nft").args(["list", "tables"]).output().unwrap();
