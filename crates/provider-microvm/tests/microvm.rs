@@ -492,3 +492,30 @@ async fn the_provider_conformance_suite_passes() {
     assert_eq!(dir_entries(state.path()), Vec::<String>::new(), "nothing is left");
     provider.shutdown().await;
 }
+
+/// `hangar image build`'s fallback kernel: Debian's stock cloud kernel with
+/// the initramfs that loads its virtio modules, booting the same root
+/// filesystem to a ready agent that runs a runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_debian_kernel_boots_the_image_to_a_ready_agent() {
+    let Some(env) = env() else { return };
+    let what = "the stock-kernel fallback test (cargo xtask prepare fetches the kernel)";
+    let Some(kernel) = require_env("HANGAR_TEST_MICROVM_STOCK_KERNEL", what) else { return };
+    let Some(initrd) = require_env("HANGAR_TEST_MICROVM_STOCK_INITRD", what) else { return };
+    let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
+    let mut c = config(&env, state.path());
+    c.kernel = kernel.into();
+    c.initrd = Some(initrd.into());
+    let provider = MicrovmProvider::new(pool(), c).await.unwrap();
+    let spec = spec("uname -r; echo stock-kernel-ran");
+    provider.launch(&spec).await.unwrap();
+    let code = exit_code(&provider, &spec.runner_id).await;
+    let out = console(&provider, &spec.runner_id);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("cloud-amd64") && out.contains("stock-kernel-ran"), "{out}");
+    let t = provider.timings(&spec.runner_id).unwrap();
+    assert!(t.ready.is_some(), "the agent reported ready");
+    provider.destroy(&spec.runner_id).await.unwrap();
+    assert_eq!(dir_entries(state.path()), Vec::<String>::new());
+}

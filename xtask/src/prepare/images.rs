@@ -12,7 +12,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 use hangar_provider_microvm::image::{
-    ImageSpec, RunnerSource, StderrProgress, TEST_SPEC, image_build,
+    self, ImageSpec, RunnerSource, StderrProgress, TEST_SPEC, image_build,
 };
 
 use super::TestEnv;
@@ -52,6 +52,22 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
     env.vars.push(("HANGAR_TEST_MICROVM_KERNEL".into(), info.kernel.display().to_string()));
     env.vars.push(("HANGAR_TEST_MICROVM_ROOTFS".into(), info.rootfs.display().to_string()));
     env.vars.push(("HANGAR_TEST_QEMU".into(), qemu.display().to_string()));
+    // The stock-kernel fallback of `hangar image build`, booted by its own
+    // test: Debian's cloud kernel .deb (from the apt mirror), cached.
+    match image::stock_kernel_fetch(&cache, &mut StderrProgress::default()) {
+        Ok(stock) => {
+            eprintln!("xtask: stock kernel {} at {}", stock.package, stock.kernel.display());
+            env.vars.push((
+                "HANGAR_TEST_MICROVM_STOCK_KERNEL".into(),
+                stock.kernel.display().to_string(),
+            ));
+            env.vars.push((
+                "HANGAR_TEST_MICROVM_STOCK_INITRD".into(),
+                stock.initrd.display().to_string(),
+            ));
+        }
+        Err(e) => eprintln!("xtask: WARNING: no stock kernel ({e}): its test will skip"),
+    }
     Ok(())
 }
 
