@@ -224,7 +224,7 @@ pub(crate) struct HostFacts {
     pub(crate) qemu_accels: Vec<String>,
     pub(crate) accel: AccelProbe,
     /// The guest kernel and root filesystem, or why there are none.
-    pub(crate) image: Result<(PathBuf, PathBuf), String>,
+    pub(crate) image: Result<ImagePaths, String>,
     /// Whether the pool's NAT network can be set up (root, nft); `None`
     /// when the pool has no network.
     pub(crate) nat: Option<Result<(), String>>,
@@ -302,12 +302,13 @@ fn host_facts(microvm: &toml::Table) -> HostFacts {
     }
 }
 
-/// The kernel and rootfs a microVM pool boots: from its settings, else the
-/// newest image `hangar image build` left in the image cache.
-fn image_paths(settings: &toml::Table) -> Result<(PathBuf, PathBuf), String> {
+/// The kernel, rootfs and (stock kernel) initramfs a microVM pool boots:
+/// from its settings, else the newest image `hangar image build` left in
+/// the image cache.
+fn image_paths(settings: &toml::Table) -> Result<ImagePaths, String> {
     let get = |k: &str| settings.get(k).and_then(toml::Value::as_str).map(PathBuf::from);
-    let (kernel, rootfs) = match (get("kernel"), get("rootfs")) {
-        (Some(k), Some(r)) => (k, r),
+    let (kernel, rootfs, initrd) = match (get("kernel"), get("rootfs")) {
+        (Some(k), Some(r)) => (k, r, get("initrd")),
         _ => {
             let cache =
                 crate::cmd::image::cache_dir(std::env::var_os("HANGAR_CACHE_DIR").map(Into::into));
@@ -318,7 +319,8 @@ fn image_paths(settings: &toml::Table) -> Result<(PathBuf, PathBuf), String> {
                     cache.display()
                 ));
             };
-            (get("kernel").unwrap_or(image.kernel), get("rootfs").unwrap_or(image.rootfs))
+            let initrd = if get("kernel").is_some() { get("initrd") } else { image.initrd };
+            (get("kernel").unwrap_or(image.kernel), get("rootfs").unwrap_or(image.rootfs), initrd)
         }
     };
     for (what, path) in [("kernel", &kernel), ("rootfs", &rootfs)] {
@@ -326,7 +328,15 @@ fn image_paths(settings: &toml::Table) -> Result<(PathBuf, PathBuf), String> {
             return Err(format!("the microVM {what} {} does not exist", path.display()));
         }
     }
-    Ok((kernel, rootfs))
+    Ok(ImagePaths { kernel, rootfs, initrd })
+}
+
+/// What a microVM pool boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ImagePaths {
+    pub(crate) kernel: PathBuf,
+    pub(crate) rootfs: PathBuf,
+    pub(crate) initrd: Option<PathBuf>,
 }
 
 /// NAT needs root (taps, nftables, ip_forward) and `nft`.
@@ -403,10 +413,13 @@ async fn microvm_provider(i: usize, pool: &PoolConfig, data_dir: &Path) -> Resul
     let state_dir = data_dir.join("vms").join(&pool.name.0);
     settings.entry("state_dir").or_insert_with(|| state_dir.display().to_string().into());
     if !settings.contains_key("kernel") || !settings.contains_key("rootfs") {
-        let (kernel, rootfs) = image_paths(&settings)
+        let image = image_paths(&settings)
             .map_err(|e| anyhow::anyhow!("config: pools[{i}] (microvm): {e}"))?;
-        settings.entry("kernel").or_insert_with(|| kernel.display().to_string().into());
-        settings.entry("rootfs").or_insert_with(|| rootfs.display().to_string().into());
+        if let (false, Some(initrd)) = (settings.contains_key("kernel"), &image.initrd) {
+            settings.insert("initrd".into(), initrd.display().to_string().into());
+        }
+        settings.entry("kernel").or_insert_with(|| image.kernel.display().to_string().into());
+        settings.entry("rootfs").or_insert_with(|| image.rootfs.display().to_string().into());
     }
     let config: MicrovmConfig = settings.try_into().map_err(|e: toml::de::Error| {
         anyhow::anyhow!("config: pools[{i}].settings (microvm): {}", e.message().trim())
@@ -430,7 +443,7 @@ mod tests {
             qemu: Ok("QEMU emulator version 7.2.22".into()),
             qemu_accels: vec!["kvm".into(), "tcg".into()],
             accel: AccelProbe { accel: Accel::Kvm, reason: "hardware virtualisation".into() },
-            image: Ok(("/k".into(), "/r".into())),
+            image: Ok(ImagePaths { kernel: "/k".into(), rootfs: "/r".into(), initrd: None }),
             nat: Some(Ok(())),
         }
     }
