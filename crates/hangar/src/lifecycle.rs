@@ -51,6 +51,11 @@ pub(crate) struct Running {
 }
 
 impl Running {
+    /// The microVM pools' providers (for `hangar bench microvm`).
+    pub(crate) fn microvms(&self) -> &[MicrovmProvider] {
+        &self.microvms
+    }
+
     /// Stops the microVM pools' pre-booted VMs and, when no runner VM is
     /// left, removes their firewall tables. Runner VMs are left to the next
     /// start, which finds them on disk.
