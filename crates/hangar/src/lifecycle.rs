@@ -142,11 +142,23 @@ pub(crate) async fn start(
         };
         let provider: Arc<dyn Provider> = match kind.as_str() {
             "process" => Arc::new(process_provider(i, pool, data_dir)?),
-            "microvm" => {
-                let provider = microvm_provider(i, pool, data_dir).await?;
-                running.microvms.push(provider.clone());
-                Arc::new(provider)
-            }
+            "microvm" => match microvm_provider(i, pool, data_dir).await {
+                Ok(provider) => {
+                    running.microvms.push(provider.clone());
+                    Arc::new(provider)
+                }
+                // `auto` promised a working pool: processes, said loudly.
+                Err(e) if pool.provider == "auto" => {
+                    tracing::warn!(
+                        pool = %pool.name,
+                        "PROVIDER AUTO FELL BACK TO THE PROCESS PROVIDER for pools[{i}]: the \
+                         microVM provider failed to start: {e:#}. Runners run as local \
+                         processes, NOT isolated: development only."
+                    );
+                    Arc::new(process_provider(i, pool, data_dir)?)
+                }
+                Err(e) => return Err(e),
+            },
             other => bail!(
                 "config: key `pools[{i}].provider`: `{other}` is not built into this hangar \
                  (expected one of {PROVIDER_KINDS:?})"
