@@ -141,10 +141,7 @@ pub enum ImageError {
     },
     #[error("unknown kernel fragment {0:?} (known: base, docker)")]
     Fragment(String),
-    #[error(
-        "no Debian kernel source in /usr/src (apt-get install linux-source-6.1); \
-         the stock-kernel fallback is not implemented yet"
-    )]
+    #[error("no Debian kernel source in /usr/src (apt-get install linux-source-6.1)")]
     NoKernelSource,
     #[error("{what} {path}")]
     Io {
@@ -223,22 +220,8 @@ pub fn image_build(
     let started = Instant::now();
     let total = 4;
     progress.step(0, total, "kernel");
-    let (kernel, initrd) = match kernel_build(cache, &spec.fragments()?, progress) {
-        Ok(kernel) => (kernel, None),
-        Err(e) => {
-            progress.step(
-                0,
-                total,
-                &format!(
-                    "kernel: building from Debian's source failed ({}); FALLING BACK to Debian's \
-                     stock cloud kernel (slower to boot)",
-                    e.to_string().lines().next().unwrap_or_default()
-                ),
-            );
-            let stock = stock_kernel_fetch(cache, progress)?;
-            (stock.kernel, Some(stock.initrd))
-        }
-    };
+    let (kernel, initrd) =
+        kernel_or_stock(cache, kernel_source().as_deref(), &spec.fragments()?, progress)?;
     progress.step(1, total, "root filesystem tree (debootstrap)");
     let tree = tree_build(cache, spec)?;
 
@@ -372,7 +355,43 @@ pub fn kernel_build(
     fragments: &[(&str, &str)],
     progress: &mut dyn Progress,
 ) -> Result<PathBuf, ImageError> {
-    let source = kernel_source().ok_or(ImageError::NoKernelSource)?;
+    kernel_build_from(cache, kernel_source().as_deref(), fragments, progress)
+}
+
+/// The image's kernel: built from `source` (Debian's `linux-source-*`
+/// tarball), or, when there is none or the build fails, Debian's stock
+/// kernel and its initramfs (said on `progress`).
+pub fn kernel_or_stock(
+    cache: &Path,
+    source: Option<&Path>,
+    fragments: &[(&str, &str)],
+    progress: &mut dyn Progress,
+) -> Result<(PathBuf, Option<PathBuf>), ImageError> {
+    match kernel_build_from(cache, source, fragments, progress) {
+        Ok(kernel) => Ok((kernel, None)),
+        Err(e) => {
+            progress.step(
+                0,
+                4,
+                &format!(
+                    "kernel: building from Debian's source failed ({}); FALLING BACK to Debian's \
+                     stock cloud kernel (slower to boot)",
+                    e.to_string().lines().next().unwrap_or_default()
+                ),
+            );
+            let stock = stock_kernel_fetch(cache, progress)?;
+            Ok((stock.kernel, Some(stock.initrd)))
+        }
+    }
+}
+
+fn kernel_build_from(
+    cache: &Path,
+    source: Option<&Path>,
+    fragments: &[(&str, &str)],
+    progress: &mut dyn Progress,
+) -> Result<PathBuf, ImageError> {
+    let source = source.ok_or(ImageError::NoKernelSource)?.to_owned();
     let meta = std::fs::metadata(&source).map_err(io("reading", &source))?;
     let mut h = Sha256::new();
     h.update(source.as_os_str().as_encoded_bytes());

@@ -519,3 +519,37 @@ async fn the_stock_debian_kernel_boots_the_image_to_a_ready_agent() {
     provider.destroy(&spec.runner_id).await.unwrap();
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
 }
+
+/// Records what a build says.
+#[derive(Debug, Default)]
+struct Said(Vec<String>);
+
+impl hangar_provider_microvm::image::Progress for Said {
+    fn step(&mut self, _: usize, _: usize, message: &str) {
+        self.0.push(message.to_owned());
+    }
+    fn done(&mut self, message: &str) {
+        self.0.push(message.to_owned());
+    }
+}
+
+/// Without Debian's kernel source, `hangar image build` takes the stock
+/// kernel (the one `cargo xtask prepare` cached) and says so.
+#[test]
+fn without_kernel_source_the_build_falls_back_to_the_stock_kernel_and_says_so() {
+    let what = "the stock-kernel fallback test (cargo xtask prepare fetches the kernel)";
+    let Some(kernel) = require_env("HANGAR_TEST_MICROVM_STOCK_KERNEL", what) else { return };
+    let kernel = PathBuf::from(kernel);
+    // <cache>/kernels/stock-<package>-<hash>/vmlinuz
+    let cache = kernel.ancestors().nth(3).expect("the cache dir").to_owned();
+    let mut said = Said::default();
+    let fragments = [hangar_provider_microvm::image::KERNEL_FRAGMENTS[0]];
+    let (got, initrd) =
+        hangar_provider_microvm::image::kernel_or_stock(&cache, None, &fragments, &mut said)
+            .unwrap();
+    assert_eq!(got, kernel);
+    assert!(initrd.is_some_and(|i| i.exists()));
+    let said = said.0.join("\n");
+    assert!(said.contains("FALLING BACK to Debian's stock cloud kernel"), "{said}");
+    assert!(said.contains("no Debian kernel source"), "{said}");
+}
