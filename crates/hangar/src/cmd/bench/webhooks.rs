@@ -180,18 +180,35 @@ impl Load {
     async fn open_loop(self: &Arc<Self>, rate: u64, length: Duration) -> Result<Phase> {
         let total = rate * length.as_secs();
         let interval = Duration::from_secs(1) / u32::try_from(rate)?;
-        let start = Instant::now();
-        let mut tasks = Vec::with_capacity(usize::try_from(total)?);
-        for i in 0..total {
-            let due = start + interval * u32::try_from(i)?;
-            tokio::time::sleep_until(due.into()).await;
-            let load = Arc::clone(self);
-            tasks.push(tokio::spawn(async move {
-                let n = load.next.fetch_add(1, Ordering::Relaxed);
-                load.send(n).await?;
-                anyhow::Ok(micros(due.elapsed()))
-            }));
-        }
+        // Paced by a thread of its own with `thread::sleep` (microsecond
+        // resolution): tokio's timer wheel ticks in whole milliseconds, which
+        // at 1,000/s would add up to a millisecond of the sender's own lateness
+        // to every latency measured from the due time.
+        let runtime = tokio::runtime::Handle::current();
+        let load = Arc::clone(self);
+        let pacer = std::thread::spawn(move || {
+            let start = Instant::now();
+            let mut tasks = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+            for i in 0..total {
+                let due = start + interval * u32::try_from(i).unwrap_or(u32::MAX);
+                if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                    #[allow(
+                        clippy::disallowed_methods,
+                        reason = "the pacer's own thread, not a runtime's"
+                    )]
+                    std::thread::sleep(wait);
+                }
+                let load = Arc::clone(&load);
+                tasks.push(runtime.spawn(async move {
+                    let n = load.next.fetch_add(1, Ordering::Relaxed);
+                    load.send(n).await?;
+                    anyhow::Ok(micros(due.elapsed()))
+                }));
+            }
+            (start, tasks)
+        });
+        let (start, tasks) =
+            tokio::task::spawn_blocking(move || pacer.join()).await?.expect("the pacer panicked");
         let mut latencies_us = Vec::with_capacity(tasks.len());
         for task in tasks {
             latencies_us.push(task.await??);
