@@ -510,6 +510,7 @@ impl Inner {
         VmPlan {
             name: id.to_owned(),
             kernel: absolute(&self.config.kernel),
+            initrd: self.config.initrd.as_deref().map(absolute),
             disk: dir.join(OVERLAY_FILE),
             agent_socket: dir.join(AGENT_SOCKET),
             control_socket: dir.join(QMP_SOCKET),

@@ -21,6 +21,10 @@ pub struct VmPlan {
     /// A short unique name (`vm-…`), also QEMU's `-name`.
     pub name: String,
     pub kernel: PathBuf,
+    /// An initramfs (Debian's stock kernel needs one to load its virtio
+    /// modules). Such a kernel also finds virtio-mmio devices only through
+    /// ACPI, so the VM then has ACPI.
+    pub initrd: Option<PathBuf>,
     /// The VM's own copy-on-write disk (its backing file is never written).
     pub disk: PathBuf,
     /// The host listens here; the VMM connects the guest agent's port to it.
@@ -148,7 +152,7 @@ impl Qemu {
             "-name".into(),
             plan.name.clone(),
             "-M".into(),
-            "microvm,acpi=off".into(),
+            if plan.initrd.is_some() { "microvm,acpi=on" } else { "microvm,acpi=off" }.into(),
             "-nodefaults".into(),
             "-no-user-config".into(),
             "-display".into(),
@@ -187,6 +191,9 @@ impl Qemu {
             "-qmp".into(),
             format!("unix:{},server=on,wait=off", p(&plan.control_socket)),
         ]);
+        if let Some(initrd) = &plan.initrd {
+            args.extend(["-initrd".into(), p(initrd)]);
+        }
         if let Some(tap) = &plan.tap {
             args.extend([
                 "-netdev".into(),
@@ -300,6 +307,7 @@ mod tests {
         VmPlan {
             name: "vm-1".into(),
             kernel: "/k/vmlinux".into(),
+            initrd: None,
             disk: dir.join("overlay.qcow2"),
             agent_socket: dir.join("agent.sock"),
             control_socket: dir.join("qmp.sock"),
