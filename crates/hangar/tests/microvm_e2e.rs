@@ -16,11 +16,11 @@
 //! prepare`), like the provider's own tests.
 
 use std::io::{BufRead, BufReader};
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use hangar_simulator::netns::Netns;
 use hangar_simulator::{JobSpec, SimConfig, SimJobStatus, Simulator};
 use hangar_test_harness::{require_env, wait_for};
 use sha2::Digest as _;
@@ -41,78 +41,6 @@ fn env() -> Option<Env> {
         rootfs: require_env("HANGAR_TEST_MICROVM_ROOTFS", what)?.into(),
         qemu: require_env("HANGAR_TEST_QEMU", what)?.into(),
     })
-}
-
-fn sh(program: &str, args: &[&str]) {
-    let out = Command::new(program).args(args).output().expect("runs");
-    assert!(
-        out.status.success(),
-        "{program} {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace with a veth pair to the host; removed on drop
-/// (deleting the namespace deletes both ends of the pair).
-struct Netns {
-    name: String,
-    host_if: String,
-    host_ip: Ipv4Addr,
-    ns_ip: Ipv4Addr,
-}
-
-impl Netns {
-    fn create() -> Netns {
-        let pid = std::process::id();
-        // A /30 per test process: .1 the host, .2 the namespace.
-        let base = u32::from(Ipv4Addr::new(10, 231, 0, 0)) + (pid % 16_000) * 4;
-        let netns = Netns {
-            name: format!("hangar-e2e-{pid}"),
-            // `hgv`/`hgp`: never a pool's tap prefix (`hg` + hex).
-            host_if: format!("hgv{pid}"),
-            host_ip: Ipv4Addr::from(base + 1),
-            ns_ip: Ipv4Addr::from(base + 2),
-        };
-        let peer = format!("hgp{pid}");
-        sh("ip", &["netns", "add", &netns.name]);
-        sh("ip", &["link", "add", &netns.host_if, "type", "veth", "peer", "name", &peer]);
-        sh("ip", &["link", "set", &peer, "netns", &netns.name]);
-        sh("ip", &["addr", "add", &format!("{}/30", netns.host_ip), "dev", &netns.host_if]);
-        sh("ip", &["link", "set", &netns.host_if, "up"]);
-        let ns = |args: &[&str]| {
-            let mut full = vec!["netns", "exec", &netns.name, "ip"];
-            full.extend_from_slice(args);
-            sh("ip", &full);
-        };
-        ns(&["addr", "add", &format!("{}/30", netns.ns_ip), "dev", &peer]);
-        ns(&["link", "set", &peer, "up"]);
-        ns(&["link", "set", "lo", "up"]);
-        // Replies to VMs (172.30.x.y, not masqueraded) go back via the host.
-        ns(&["route", "add", "default", "via", &netns.host_ip.to_string()]);
-        netns
-    }
-
-    /// A listening socket inside the namespace: bound from a thread that
-    /// entered it (a socket stays in the namespace it was made in).
-    fn listen(&self) -> std::net::TcpListener {
-        let path = format!("/var/run/netns/{}", self.name);
-        let ip = self.ns_ip;
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("netns file");
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            std::net::TcpListener::bind((ip, 0)).expect("bind in the netns")
-        })
-        .join()
-        .expect("bind thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-    }
 }
 
 /// Names the provider derives from a pool's state dir.
@@ -209,10 +137,10 @@ async fn a_webhook_job_runs_in_a_microvm_and_everything_it_made_is_gone() {
     let dir = tempfile::tempdir().expect("tempdir");
     // Short: unix socket paths inside it must fit 107 bytes.
     let state = dir.path().join("vms");
-    let netns = Netns::create();
+    let netns = Netns::create("hangar-e2e").expect("network namespace");
     let sim = Simulator::start_with_listener(
         SimConfig { long_poll: Duration::from_secs(2), ..SimConfig::default() },
-        netns.listen(),
+        netns.listen().expect("a socket in the namespace"),
     )
     .await
     .expect("simulator");

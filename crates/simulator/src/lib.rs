@@ -62,6 +62,7 @@
 //! test can be replayed with the same draws (modulo task scheduling).
 
 mod api;
+pub mod netns;
 mod runner_proto;
 mod state;
 mod webhooks;

@@ -10,78 +10,15 @@
 //! veth /30 (10.231.x.y) and the pool allows exactly that address. Needs
 //! root (namespace, taps, nftables).
 
-use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hangar_provider::Provider as _;
 use hangar_provider_microvm::bench::Stat;
 use hangar_server::{ApiAccess, ServerState};
+use hangar_simulator::netns::Netns;
 use hangar_simulator::{JobSpec, SimConfig, SimJobStatus, Simulator};
-
-/// A network namespace with a veth pair to the host, removed on drop.
-struct Netns {
-    name: String,
-    host_if: String,
-    host_ip: Ipv4Addr,
-    ns_ip: Ipv4Addr,
-}
-
-fn sh(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output().context("running ip")?;
-    if !out.status.success() {
-        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
-}
-
-impl Netns {
-    fn create() -> Result<Netns> {
-        let pid = std::process::id();
-        let base = u32::from(Ipv4Addr::new(10, 231, 0, 0)) + (pid % 16_000) * 4;
-        let netns = Netns {
-            name: format!("hangar-bench-{pid}"),
-            host_if: format!("hgv{pid}"),
-            host_ip: Ipv4Addr::from(base + 1),
-            ns_ip: Ipv4Addr::from(base + 2),
-        };
-        let peer = format!("hgp{pid}");
-        let (host_cidr, ns_cidr) = (format!("{}/30", netns.host_ip), format!("{}/30", netns.ns_ip));
-        let host_ip = netns.host_ip.to_string();
-        sh(&["netns", "add", &netns.name])?;
-        sh(&["link", "add", &netns.host_if, "type", "veth", "peer", "name", &peer])?;
-        sh(&["link", "set", &peer, "netns", &netns.name])?;
-        sh(&["addr", "add", &host_cidr, "dev", &netns.host_if])?;
-        sh(&["link", "set", &netns.host_if, "up"])?;
-        let n = netns.name.as_str();
-        sh(&["netns", "exec", n, "ip", "addr", "add", &ns_cidr, "dev", &peer])?;
-        sh(&["netns", "exec", n, "ip", "link", "set", &peer, "up"])?;
-        sh(&["netns", "exec", n, "ip", "route", "add", "default", "via", &host_ip])?;
-        Ok(netns)
-    }
-
-    /// A listening socket made inside the namespace.
-    fn listen(&self) -> Result<std::net::TcpListener> {
-        let path = format!("/var/run/netns/{}", self.name);
-        let ip = self.ns_ip;
-        std::thread::spawn(move || -> Result<std::net::TcpListener> {
-            let ns = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
-            nix::sched::setns(ns, nix::sched::CloneFlags::CLONE_NEWNET).context("setns")?;
-            Ok(std::net::TcpListener::bind((ip, 0))?)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the netns thread panicked"))?
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).output();
-    }
-}
 
 /// Measures `runs` jobs, one at a time, each into a pre-booted VM.
 pub(super) async fn measure(
@@ -91,7 +28,7 @@ pub(super) async fn measure(
     qemu: &Path,
     runs: usize,
 ) -> Result<Option<Stat>> {
-    let netns = Netns::create()?;
+    let netns = Netns::create("hangar-bench")?;
     let sim = Simulator::start_with_listener(
         SimConfig { long_poll: Duration::from_secs(2), ..SimConfig::default() },
         netns.listen()?,
