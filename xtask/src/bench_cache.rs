@@ -36,10 +36,16 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
         .find(|(k, _)| k == "TEST_NODE_MODULES")
         .map(|(_, v)| v.clone())
         .context("npm clients could not be prepared")?;
-    crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let hangar = target.join("release").join("hangar");
+    // HANGAR_BENCH_BIN: an already built `hangar` to measure instead (for
+    // A/B runs of two builds back to back).
+    let hangar = if let Some(bin) = std::env::var_os("HANGAR_BENCH_BIN") {
+        PathBuf::from(bin)
+    } else {
+        crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("release").join("hangar")
+    };
 
     let work = tempfile_dir("hangar-bench-cache")?;
     let data = work.join("data");
