@@ -42,8 +42,8 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
         PathBuf::from(bin)
     } else {
         crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map_or_else(|| root.join("target"), PathBuf::from);
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
         target.join("release").join("hangar")
     };
 

@@ -4,13 +4,12 @@
 //! leave as HTTP bodies. Three rules shape this crate:
 //!
 //! - **Nothing holds an archive in memory.** [`BlobStore::put_stream`] feeds
-//!   the body into an `object_store` multipart upload a few parts at a time
-//!   (bounded by [`MAX_PARTS_IN_FLIGHT`] × the part size) on S3, or on local
-//!   disk straight into a file in 1 MiB vectored writes with one in flight
-//!   (`local.rs`); reads stream back in bounded chunks.
-//! - **A partial upload is never visible.** On local disk the body goes to a
-//!   staging file (`name#digits`, which `object_store` never lists) renamed
-//!   onto the object on completion; S3 only shows the object after
+//!   the body into an `object_store` multipart upload a few small parts at a
+//!   time (bounded by [`MAX_PARTS_IN_FLIGHT`] × the part size), and reads
+//!   stream back in bounded chunks.
+//! - **A partial upload is never visible.** Every object is written through a
+//!   multipart upload: the local filesystem backend writes a hidden staging
+//!   file and renames it on completion; S3 only shows the object after
 //!   `CompleteMultipartUpload`. A body that fails half-way aborts the upload.
 //! - **No copying at commit.** A cache entry is a *list of parts* ([`Part`]),
 //!   read back as their concatenation ([`BlobStore::read`]). An Azure-style
@@ -36,19 +35,16 @@ use object_store::prefix::PrefixStore;
 use object_store::{GetOptions, GetRange, GetResultPayload, ObjectStore, WriteMultipart};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-mod local;
-
 /// How many parts of one upload may be in flight to the backend at once.
 /// Together with the part size this bounds the memory one upload uses.
 pub const MAX_PARTS_IN_FLIGHT: usize = 2;
 
-/// Part size for the local filesystem when written through `object_store`
-/// (only reads and listing are, today; writes go through `local.rs`).
+/// Part size for the local filesystem: small, since memory is the only cost.
 const LOCAL_PART_SIZE: usize = 1024 * 1024;
 /// Part size for S3: at least S3's 5 MiB minimum for all but the last part.
 const S3_PART_SIZE: usize = 8 * 1024 * 1024;
-/// Read buffer for local files: one `read` and one body chunk per MiB.
-const LOCAL_READ_CHUNK: usize = 1024 * 1024;
+/// Read buffer for local files.
+const LOCAL_READ_CHUNK: usize = 256 * 1024;
 
 /// A stream of bytes read from the store.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, BlobError>> + Send>>;
@@ -164,10 +160,6 @@ impl BlobStore {
         let url = format!("file://{}", root.display());
         std::fs::create_dir_all(&root)
             .map_err(|source| BlobError::Io { key: url.clone(), source })?;
-        // The write path (`local.rs`) joins keys onto this root itself, so
-        // it must name the same directory `LocalFileSystem` resolves.
-        let root = std::fs::canonicalize(&root)
-            .map_err(|source| BlobError::Io { key: url.clone(), source })?;
         let fs = LocalFileSystem::new_with_prefix(&root)
             .map_err(|source| BlobError::Open { url, source })?;
         Ok(BlobStore {
@@ -191,9 +183,6 @@ impl BlobStore {
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
         let path = object_path(key)?;
-        if let Backend::Local { root } = &self.backend {
-            return local::put_file(root, key, body, limit).await;
-        }
         let store_err = |op, source| BlobError::Store { op, key: key.to_owned(), source };
         let upload =
             self.store.put_multipart(&path).await.map_err(|e| store_err("put_multipart", e))?;

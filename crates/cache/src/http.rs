@@ -25,8 +25,8 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 use crate::service::{CacheError, CacheService};
-use crate::twirp_pb as pb;
 use crate::sign::UrlOp;
+use crate::twirp_pb as pb;
 
 const TWIRP_PREFIX: &str = "/twirp/github.actions.results.api.v1.CacheService/";
 

@@ -50,10 +50,7 @@ fn field_numbers_match_cache_proto() {
         restore_keys: vec!["a".into(), "b".into()],
         version: "v".into(),
     };
-    assert_eq!(
-        req.encode_to_vec(),
-        [0x12, 1, b'k', 0x1a, 1, b'a', 0x1a, 1, b'b', 0x22, 1, b'v']
-    );
+    assert_eq!(req.encode_to_vec(), [0x12, 1, b'k', 0x1a, 1, b'a', 0x1a, 1, b'b', 0x22, 1, b'v']);
     // A request with field 1 (metadata, never declared) still decodes.
     let with_metadata = [0x0a, 2, 0x08, 7, 0x12, 1, b'k', 0x1a, 1, b'v'];
     let req = CreateCacheEntryRequest::decode(&with_metadata[..]).unwrap();
@@ -150,7 +147,8 @@ async fn protobuf_round_trip_through_http() {
     assert_eq!(got.bytes().await.unwrap().to_vec(), payload);
 
     // A body that is not protobuf is a 400 Twirp error (always JSON).
-    let url = format!("{}/twirp/github.actions.results.api.v1.CacheService/CreateCacheEntry", server.url);
+    let url =
+        format!("{}/twirp/github.actions.results.api.v1.CacheService/CreateCacheEntry", server.url);
     let resp = http
         .post(url)
         .bearer_auth(&token)
