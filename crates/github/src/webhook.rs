@@ -185,16 +185,28 @@ impl VerifiedDelivery {
                 Ok(Event::Ping { zen: ping.zen, hook_id: ping.hook_id })
             }
             "workflow_job" => {
-                let action: wire::ActionOnly = from_json("workflow_job", json)?;
-                let Ok(action) = action.action.parse::<JobAction>() else {
-                    return Ok(Event::UnknownJobAction { action: action.action });
+                // One pass on the hot path; only a payload that fails it is
+                // read again, the slow way, for an error naming the action
+                // or the path of what is wrong.
+                let (action, job) = match serde_json::from_str::<wire::WorkflowJobPayload>(json) {
+                    Ok(mut payload) => (std::mem::take(&mut payload.action), payload.into_fields()),
+                    Err(_) => {
+                        let action: wire::ActionOnly = from_json("workflow_job", json)?;
+                        if action.action.parse::<JobAction>().is_err() {
+                            return Ok(Event::UnknownJobAction { action: action.action });
+                        }
+                        let payload: wire::WorkflowJobPayload = from_json("workflow_job", json)?;
+                        (payload.action.clone(), payload.into_fields())
+                    }
                 };
-                let payload: wire::WorkflowJobPayload = from_json("workflow_job", json)?;
+                let Ok(parsed) = action.parse::<JobAction>() else {
+                    return Ok(Event::UnknownJobAction { action });
+                };
                 Ok(Event::WorkflowJob(Box::new(JobEvent {
                     delivery_id: self.headers.delivery_id.clone(),
-                    action,
+                    action: parsed,
                     received_at,
-                    job: payload.into_fields(),
+                    job,
                 })))
             }
             _ => Ok(Event::Ignored),
@@ -233,6 +245,7 @@ mod wire {
 
     #[derive(Deserialize)]
     pub(super) struct WorkflowJobPayload {
+        pub(super) action: String,
         workflow_job: WorkflowJob,
         repository: Repository,
         organization: Option<Organization>,

@@ -21,6 +21,8 @@ use hangar_guest_agent::{
     AgentConfig, CONFIG_PATH, GuestMessage, HostMessage, JIT_CONFIG_MARKER, PORT_NAME, encode_line,
 };
 
+mod net;
+
 fn main() {
     let is_init = std::process::id() == 1;
     let mut port: Option<File> = None;
@@ -33,11 +35,19 @@ fn main() {
     power_off(is_init);
 }
 
-/// Log lines carry the guest's uptime, to see where boot time goes.
+/// Log lines carry the guest's uptime (CLOCK_BOOTTIME, in seconds with
+/// millisecond precision), to see where boot and dispatch time goes.
 fn log(line: &str) {
-    let uptime = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
-    let uptime = uptime.split_whitespace().next().unwrap_or("?");
-    eprintln!("hangar-agent: [{uptime}] {line}");
+    let ms = boot_time_ms();
+    eprintln!("hangar-agent: [{}.{:03}] {line}", ms / 1000, ms % 1000);
+}
+
+/// Milliseconds since the guest booted (0 if the clock cannot be read).
+fn boot_time_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME).map_or(0, |t| {
+        u64::try_from(t.tv_sec()).unwrap_or(0) * 1000
+            + u64::try_from(t.tv_nsec() / 1_000_000).unwrap_or(0)
+    })
 }
 
 fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
@@ -58,6 +68,9 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         &std::fs::read(CONFIG_PATH).map_err(|e| format!("reading {CONFIG_PATH}: {e}"))?,
     )
     .map_err(|e| format!("parsing {CONFIG_PATH}: {e}"))?;
+    // Everything the runner's start needs that does not depend on the spec
+    // is looked up now, so a pre-booted VM's dispatch is only fork + exec.
+    let runner_user = RunnerUser::resolve(&config.runner_user)?;
 
     let port_path = find_port(Duration::from_secs(10))?;
     let port = OpenOptions::new()
@@ -88,7 +101,9 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
             Err(e) => log(&format!("ignoring a malformed message: {e}")),
         }
     };
-    log(&format!("starting runner {runner_id}"));
+    // No console line before the runner is started: under TCG a serial
+    // line costs milliseconds, and this is the dispatch path.
+    let received = boot_time_ms();
     if let Some(ms) = now.and_then(|ms| i64::try_from(ms).ok()) {
         let now = nix::sys::time::TimeSpec::new(ms / 1000, (ms % 1000) * 1_000_000);
         if let Err(e) = nix::time::clock_settime(nix::time::ClockId::CLOCK_REALTIME, now) {
@@ -101,15 +116,15 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         start_dockerd(dockerd)?;
     }
 
-    let user = nix::unistd::User::from_name(&config.runner_user)
-        .map_err(|e| format!("looking up user {}: {e}", config.runner_user))?
-        .ok_or_else(|| format!("user {} does not exist in the image", config.runner_user))?;
+    let user = &runner_user.user;
     let argv: Vec<String> =
         config.runner_command.iter().map(|a| a.replace(JIT_CONFIG_MARKER, &jit_config)).collect();
     let (program, args) = argv.split_first().ok_or("runner_command is empty")?;
-    let mut command = if Path::new("/usr/bin/setpriv").exists() {
-        // setpriv also sets the supplementary groups (e.g. `docker`),
-        // which std's uid/gid switch drops.
+    let mut command = if runner_user.supplementary_groups {
+        // std's uid/gid switch drops supplementary groups (e.g. `docker`)
+        // and setting them needs `pre_exec` (unsafe, which the workspace
+        // forbids), so setpriv does it: one extra exec, only for images
+        // whose runner user is in other groups.
         let mut c = Command::new("/usr/bin/setpriv");
         c.arg(format!("--reuid={}", user.uid))
             .arg(format!("--regid={}", user.gid))
@@ -119,6 +134,9 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
             .args(args);
         c
     } else {
+        // One exec: the forked child switches gid, then uid (std also
+        // clears the supplementary groups), then execs the runner, and
+        // `spawn` returns once that exec succeeded.
         let mut c = Command::new(program);
         c.args(args).uid(user.uid.as_raw()).gid(user.gid.as_raw());
         c
@@ -138,7 +156,10 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     let mut child = command.spawn().map_err(|e| format!("starting {program}: {e}"))?;
     let pid = child.id();
     send(&mut writer, &GuestMessage::RunnerStarted { pid })?;
-    log(&format!("runner started, pid {pid}"));
+    log(&format!(
+        "runner {runner_id} started, pid {pid} ({} ms after the spec arrived)",
+        boot_time_ms().saturating_sub(received)
+    ));
 
     let code = if is_init {
         wait_reaping(pid)
@@ -148,6 +169,33 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     log(&format!("runner exited, code {code:?}"));
     send(&mut writer, &GuestMessage::RunnerExited { code })?;
     Ok(())
+}
+
+/// The unprivileged user the runner runs as, looked up at boot.
+struct RunnerUser {
+    user: nix::unistd::User,
+    /// Whether the user is in groups beyond its primary one (then setpriv
+    /// sets them; std's uid/gid switch cannot).
+    supplementary_groups: bool,
+}
+
+impl RunnerUser {
+    fn resolve(name: &str) -> Result<RunnerUser, String> {
+        let user = nix::unistd::User::from_name(name)
+            .map_err(|e| format!("looking up user {name}: {e}"))?
+            .ok_or_else(|| format!("user {name} does not exist in the image"))?;
+        let c_name =
+            std::ffi::CString::new(name).map_err(|e| format!("user name {name:?}: {e}"))?;
+        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
+            .map_err(|e| format!("looking up the groups of {name}: {e}"))?;
+        let supplementary_groups = groups.iter().any(|g| *g != user.gid);
+        if supplementary_groups && !Path::new("/usr/bin/setpriv").exists() {
+            return Err(format!(
+                "user {name} has supplementary groups but the image has no /usr/bin/setpriv"
+            ));
+        }
+        Ok(RunnerUser { user, supplementary_groups })
+    }
 }
 
 fn send(port: &mut File, message: &GuestMessage) -> Result<(), String> {
@@ -206,35 +254,25 @@ fn mount_basics() {
 
 /// `hangar_net=ADDR/PREFIX,GATEWAY,DNS` on the kernel command line
 /// configures eth0 (addresses are not secret). Without it the VM has only
-/// loopback.
+/// loopback. No `ip` is run: see `net.rs`.
 fn network_up(cmdline: &str) -> Result<(), String> {
-    // PID 1 gets no PATH from the kernel.
-    let ip_binary = ["/usr/sbin/ip", "/usr/bin/ip", "/sbin/ip", "/bin/ip"]
-        .into_iter()
-        .find(|p| Path::new(p).exists())
-        .ok_or("the image has no `ip` (iproute2)")?;
-    let ip = |args: &[&str]| -> Result<(), String> {
-        let status = Command::new(ip_binary)
-            .args(args)
-            .status()
-            .map_err(|e| format!("running ip {}: {e}", args.join(" ")))?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(format!("ip {} failed: {status}", args.join(" ")))
-        }
-    };
-    ip(&["link", "set", "lo", "up"])?;
+    let mut rtnl = net::Rtnl::open()?;
+    rtnl.link_up("lo")?;
     let Some(net) = cmdline.split_whitespace().find_map(|w| w.strip_prefix("hangar_net=")) else {
         return Ok(());
     };
+    let bad = || format!("bad hangar_net={net}: expected ADDR/PREFIX,GATEWAY[,DNS]");
     let mut parts = net.split(',');
     let (Some(addr), Some(gateway)) = (parts.next(), parts.next()) else {
-        return Err(format!("bad hangar_net={net}: expected ADDR/PREFIX,GATEWAY[,DNS]"));
+        return Err(bad());
     };
-    ip(&["addr", "add", addr, "dev", "eth0"])?;
-    ip(&["link", "set", "eth0", "up"])?;
-    ip(&["route", "add", "default", "via", gateway])?;
+    let (addr, prefix) = addr.split_once('/').ok_or_else(bad)?;
+    let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad())?;
+    let prefix: u8 = prefix.parse().ok().filter(|p| *p <= 32).ok_or_else(bad)?;
+    let gateway: std::net::Ipv4Addr = gateway.parse().map_err(|_| bad())?;
+    rtnl.addr_add("eth0", addr, prefix)?;
+    rtnl.link_up("eth0")?;
+    rtnl.default_route_add(gateway)?;
     if let Some(dns) = parts.next() {
         std::fs::write("/etc/resolv.conf", format!("nameserver {dns}\n"))
             .map_err(|e| format!("writing /etc/resolv.conf: {e}"))?;

@@ -100,6 +100,11 @@ impl HangarConfig {
         {
             return Err(invalid("store.url", "expected a sqlite://PATH or postgres://... URL"));
         }
+        for (i, pool) in self.pools.iter().enumerate() {
+            if let Err((key, message)) = crate::lifecycle::pool_check(pool) {
+                return Err(invalid(&format!("pools[{i}].{key}"), &message));
+            }
+        }
         if let Err(e) = self.cache.settings() {
             let message = format!("expected {}, got {:?}", e.expected, e.value);
             return Err(invalid(&format!("cache.{}", e.key), &message));

@@ -26,6 +26,7 @@ impl Serve {
             .arg(data_dir)
             .env("HANGAR_WEBHOOK_SECRET", SECRET)
             .env_remove("HANGAR_CONFIG")
+            .env_remove("HANGAR_GITHUB_TOKEN")
             .current_dir(data_dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -140,7 +141,25 @@ fn config_check_names_the_file_the_key_and_the_problem() {
     assert!(ok, "{text}");
     assert!(text.contains("hangar.toml: ok"), "{text}");
 
+    let microvm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/microvm.toml");
+    let (ok, text) = run(&["config", "check", "--config", microvm.to_str().expect("utf-8")], "");
+    assert!(ok, "{text}");
+    assert!(text.contains("pool linux-vm: provider microvm"), "{text}");
+    assert!(text.contains("pool linux-auto: provider auto"), "{text}");
+
     let dir = tempfile::tempdir().expect("dir");
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(
+        &typo,
+        "[[pools]]\nname = \"a\"\nlabels = [\"linux\"]\nprovider = \"auto\"\nmax_runners = 1\n\
+         [pools.settings.microvm]\nvcpu = 2\n",
+    )
+    .expect("write");
+    let (ok, text) = run(&["config", "check", "--config", typo.to_str().expect("utf-8")], "");
+    assert!(!ok);
+    assert!(text.contains("key `pools[0].settings.microvm`"), "{text}");
+    assert!(text.contains("unknown field `vcpu`"), "{text}");
+
     let broken = dir.path().join("broken.toml");
     std::fs::write(&broken, "[server]\nlisten = \"127.0.0.1:80\"\ndata_dri = \"/x\"\n")
         .expect("write");
@@ -148,4 +167,60 @@ fn config_check_names_the_file_the_key_and_the_problem() {
     assert!(!ok);
     assert!(text.contains("broken.toml:3: key `server"), "{text}");
     assert!(text.contains("unknown field `data_dri`"), "{text}");
+}
+
+/// Starts `serve` with `config` and `env`, returns its stderr once it
+/// listens (the lifecycle has started by then), and stops it.
+fn serve_startup_log(dir: &Path, config: &str, env: &[(&str, &str)]) -> String {
+    let file = dir.join("hangar.toml");
+    std::fs::write(&file, config).expect("write");
+    let log = dir.join("serve.log");
+    let mut command = hangar();
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&file)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("HANGAR_GITHUB_TOKEN")
+        .env_remove("HANGAR_RUNNER_SCOPE")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).expect("log"));
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("start hangar serve");
+    let mut first_line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first_line)
+        .expect("read the first line");
+    let serve = Serve { child, url: first_line };
+    serve.stop();
+    std::fs::read_to_string(&log).expect("log")
+}
+
+#[test]
+fn serve_without_pools_runs_the_default_auto_pool_only_with_credentials() {
+    let dir = tempfile::tempdir().expect("dir");
+    // GitHub is a closed local port: nothing leaves the machine.
+    let config = "[github]\napi_url = \"http://127.0.0.1:9\"\n";
+    let log = serve_startup_log(dir.path(), config, &[]);
+    assert!(log.contains("No GitHub credentials"), "{log}");
+    assert!(!log.contains("default pool"), "{log}");
+
+    let empty_cache = dir.path().join("no-images");
+    let log = serve_startup_log(
+        dir.path(),
+        config,
+        &[
+            ("HANGAR_GITHUB_TOKEN", "ghp_test"),
+            ("HANGAR_RUNNER_SCOPE", "octo-org"),
+            ("HANGAR_CACHE_DIR", empty_cache.to_str().expect("utf-8")),
+        ],
+    );
+    assert!(log.contains("running the default pool `default`"), "{log}");
+    // With no image (and maybe no QEMU) auto falls back, once, saying why.
+    assert_eq!(log.matches("PROVIDER AUTO FELL BACK TO THE PROCESS PROVIDER").count(), 1, "{log}");
+    assert!(log.contains("no microVM image in") || log.contains("QEMU"), "{log}");
+    assert!(log.contains("Runner lifecycle started"), "{log}");
 }

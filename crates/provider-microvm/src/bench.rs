@@ -59,6 +59,10 @@ pub struct BenchReport {
     pub runs: usize,
     /// `launch()` → guest agent says ready, one VM booting alone.
     pub cold_boot_ms: Option<Stat>,
+    /// CPU time (user + system, 10 ms resolution) the VM's QEMU process had
+    /// used when its agent said ready: the cold boot's cost, which unlike
+    /// its wall time barely depends on what else the host is running.
+    pub cold_boot_qemu_cpu_ms: Option<Stat>,
     /// QEMU started with `-incoming` of an idle VM's state → agent ready.
     pub snapshot_restore_ms: Option<Stat>,
     /// Runner spec sent to a pre-booted idle VM → runner process started.
@@ -110,6 +114,7 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
         accel: String::new(),
         runs,
         cold_boot_ms: None,
+        cold_boot_qemu_cpu_ms: None,
         snapshot_restore_ms: None,
         dispatch_ms: None,
         launch_to_runner_started_prebooted_ms: None,
@@ -122,7 +127,7 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
     let cold =
         MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
     report.accel = format!("{:?}", cold.accel()).to_lowercase();
-    let mut xs = Vec::new();
+    let (mut xs, mut cpu) = (Vec::new(), Vec::new());
     for _ in 0..runs {
         let spec = bench_spec(&pool);
         let t0 = Instant::now();
@@ -133,11 +138,15 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
             poll(timeout, || cold.timings(&spec.runner_id).and_then(|t| t.ready)).await
         {
             xs.push(ms(ready - t0));
+            if let Some(used) = cold.vm_pid(&spec.runner_id).and_then(cpu_ms) {
+                cpu.push(used);
+            }
         }
         wait_exited(&cold, &spec.runner_id, timeout).await;
         let _ = cold.destroy(&spec.runner_id).await;
     }
     report.cold_boot_ms = Stat::of(xs);
+    report.cold_boot_qemu_cpu_ms = Stat::of(cpu);
 
     // 4 at once.
     let four = MicrovmProvider::new(
@@ -253,4 +262,17 @@ fn rss_mib(pid: u32) -> Option<f64> {
         .parse()
         .ok()?;
     Some(kib / 1024.0)
+}
+
+/// utime + stime of a process, in ms (`/proc` counts in USER_HZ, which is
+/// 100 on Linux/x86).
+fn cpu_ms(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may contain spaces): state is
+    // field 3, utime and stime are fields 14 and 15.
+    let (_, rest) = stat.rsplit_once(") ")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) * 10.0)
 }

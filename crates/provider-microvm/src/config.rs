@@ -13,6 +13,10 @@ use crate::accel::AccelChoice;
 pub struct MicrovmConfig {
     /// The guest kernel (`vmlinux` with a PVH note, from `hangar image build`).
     pub kernel: PathBuf,
+    /// The initramfs of a stock (modular) kernel, from `hangar image build`'s
+    /// fallback; none for the project's own kernel.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
     /// The base root filesystem (raw ext4). Never written: each VM gets a
     /// qcow2 overlay over it.
     pub rootfs: PathBuf,
@@ -102,6 +106,7 @@ impl MicrovmConfig {
     pub fn new(kernel: PathBuf, rootfs: PathBuf, state_dir: PathBuf) -> MicrovmConfig {
         MicrovmConfig {
             kernel,
+            initrd: None,
             rootfs,
             state_dir,
             vcpus: default_vcpus(),

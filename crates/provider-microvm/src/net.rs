@@ -16,6 +16,13 @@
 //!
 //! Per VM there are no rules to clean up, only the tap. Tap names carry a
 //! per-pool prefix so two pools' rules never match each other's VMs.
+//!
+//! NAT needs `net.ipv4.ip_forward = 1`. When it was 0, hangar turns it on
+//! and turns it off again when the last NAT pool on the host is gone (no
+//! `hangar_*` nftables table left, whichever hangar process made it). The
+//! check and the write happen under a lock file in [`FORWARD_DIR`], where a
+//! marker file records that hangar was the one that turned it on; a host
+//! that had forwarding on keeps it on.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -103,8 +110,10 @@ impl Network {
         let network =
             Network { prefix, table, base, dns: dns.clone(), used: Mutex::new(BTreeSet::new()) };
         network.firewall_install(&uplink, allow)?;
-        std::fs::write("/proc/sys/net/ipv4/ip_forward", "1")
-            .map_err(|source| NetError::Spawn { command: "enabling ip_forward".into(), source })?;
+        if let Err(e) = forwarding_acquire() {
+            network.firewall_remove();
+            return Err(e);
+        }
         Ok(network)
     }
 
@@ -159,9 +168,13 @@ impl Network {
         Ok(())
     }
 
-    /// Removes the pool's firewall table (when the pool is gone).
+    /// Removes the pool's firewall table (when the pool is gone), and turns
+    /// IPv4 forwarding back off if hangar turned it on and no pool needs it.
     pub(crate) fn firewall_remove(&self) {
         let _ = run("nft", &["delete", "table", "inet", &self.table]);
+        if let Err(e) = forwarding_release() {
+            tracing::warn!(error = %e, "restoring net.ipv4.ip_forward failed");
+        }
     }
 
     fn ifname(&self, vm_id: &str) -> String {
@@ -211,6 +224,78 @@ impl Network {
         }
         let _ = run("ip", &["link", "del", &ifname]);
     }
+}
+
+/// Where hangar keeps the host-wide forwarding state (tmpfs: it resets on
+/// reboot, as `ip_forward` does).
+pub(crate) const FORWARD_DIR: &str = "/run/hangar";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+/// Exists while forwarding is on because hangar turned it on.
+const FORWARD_MARKER: &str = "ip_forward.enabled-by-hangar";
+
+/// Holds the host-wide forwarding lock while alive.
+fn forwarding_lock() -> Result<nix::fcntl::Flock<std::fs::File>, NetError> {
+    let spawn = |command: &str| {
+        let command = command.to_owned();
+        move |source| NetError::Spawn { command, source }
+    };
+    std::fs::create_dir_all(FORWARD_DIR).map_err(spawn("creating /run/hangar"))?;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(Path::new(FORWARD_DIR).join("ip_forward.lock"))
+        .map_err(spawn("opening the ip_forward lock"))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, errno)| spawn("locking the ip_forward lock")(errno.into()))
+}
+
+/// Turns IPv4 forwarding on, remembering when hangar was the one to do it.
+/// Called after the pool's table exists, so a concurrent release sees it.
+fn forwarding_acquire() -> Result<(), NetError> {
+    let _lock = forwarding_lock()?;
+    let current = std::fs::read_to_string(IP_FORWARD).unwrap_or_default();
+    if current.trim() == "0" {
+        let marker = Path::new(FORWARD_DIR).join(FORWARD_MARKER);
+        std::fs::write(&marker, b"").map_err(|source| NetError::Spawn {
+            command: format!("writing {}", marker.display()),
+            source,
+        })?;
+        std::fs::write(IP_FORWARD, "1")
+            .map_err(|source| NetError::Spawn { command: "enabling ip_forward".into(), source })?;
+        tracing::info!("turned net.ipv4.ip_forward on for NAT (off again when no pool needs it)");
+    }
+    Ok(())
+}
+
+/// Turns IPv4 forwarding off when hangar turned it on and no hangar NAT
+/// pool (of any process) is left.
+fn forwarding_release() -> Result<(), NetError> {
+    let _lock = forwarding_lock()?;
+    let marker = Path::new(FORWARD_DIR).join(FORWARD_MARKER);
+    if !marker.exists() {
+        return Ok(());
+    }
+    let tables = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .map_err(|source| NetError::Spawn { command: "nft list tables".into(), source })?;
+    if !tables.status.success() {
+        return Err(NetError::Command {
+            command: "nft list tables".into(),
+            stderr: String::from_utf8_lossy(&tables.stderr).trim().to_owned(),
+        });
+    }
+    let in_use = String::from_utf8_lossy(&tables.stdout)
+        .split_whitespace()
+        .any(|w| w.starts_with("hangar_"));
+    if !in_use {
+        std::fs::write(IP_FORWARD, "0")
+            .map_err(|source| NetError::Spawn { command: "disabling ip_forward".into(), source })?;
+        let _ = std::fs::remove_file(&marker);
+        tracing::info!("turned net.ipv4.ip_forward off again (hangar had turned it on)");
+    }
+    Ok(())
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), NetError> {

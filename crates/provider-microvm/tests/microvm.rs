@@ -109,6 +109,12 @@ fn table_of(state: &Path) -> String {
     format!("hangar_{}", &hash[..8])
 }
 
+/// The prefix of the tap names of a pool's VMs.
+fn tap_prefix_of(state: &Path) -> String {
+    let hash = hex::encode(sha2::Sha256::digest(state.as_os_str().as_encoded_bytes()));
+    format!("hg{}", &hash[..4])
+}
+
 fn process_alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .is_ok_and(|stat| !stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
@@ -259,10 +265,17 @@ async fn a_nat_vm_cannot_reach_the_host_itself() {
     let out = console(&provider, &spec.runner_id);
     assert!(out.contains("gateway=172.29."), "eth0 is configured: {out}");
     assert!(out.contains("connect-rc=124"), "the host drops packets from VMs: {out}");
-    let taps_before: Vec<String> = dir_entries(Path::new("/sys/class/net"));
+    let taps = || -> Vec<String> {
+        let prefix = tap_prefix_of(state.path());
+        dir_entries(Path::new("/sys/class/net"))
+            .into_iter()
+            .filter(|n| n.starts_with(&prefix))
+            .collect()
+    };
+    assert_eq!(taps().len(), 1, "the vm has its tap");
     provider.destroy(&spec.runner_id).await.unwrap();
-    let taps_after: Vec<String> = dir_entries(Path::new("/sys/class/net"));
-    assert_eq!(taps_before.len(), taps_after.len() + 1, "destroy removed the tap");
+    // Other tests' pools have taps too: only this pool's prefix counts.
+    assert_eq!(taps(), Vec::<String>::new(), "destroy removed the tap");
     assert_eq!(dir_entries(state.path()), Vec::<String>::new());
     provider.shutdown().await;
     let tables = std::process::Command::new("nft").args(["list", "tables"]).output().unwrap();
@@ -478,4 +491,65 @@ async fn the_provider_conformance_suite_passes() {
     hangar_provider::conformance::check(&provider, options).await;
     assert_eq!(dir_entries(state.path()), Vec::<String>::new(), "nothing is left");
     provider.shutdown().await;
+}
+
+/// `hangar image build`'s fallback kernel: Debian's stock cloud kernel with
+/// the initramfs that loads its virtio modules, booting the same root
+/// filesystem to a ready agent that runs a runner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stock_debian_kernel_boots_the_image_to_a_ready_agent() {
+    let Some(env) = env() else { return };
+    let what = "the stock-kernel fallback test (cargo xtask prepare fetches the kernel)";
+    let Some(kernel) = require_env("HANGAR_TEST_MICROVM_STOCK_KERNEL", what) else { return };
+    let Some(initrd) = require_env("HANGAR_TEST_MICROVM_STOCK_INITRD", what) else { return };
+    let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
+    let mut c = config(&env, state.path());
+    c.kernel = kernel.into();
+    c.initrd = Some(initrd.into());
+    let provider = MicrovmProvider::new(pool(), c).await.unwrap();
+    let spec = spec("uname -r; echo stock-kernel-ran");
+    provider.launch(&spec).await.unwrap();
+    let code = exit_code(&provider, &spec.runner_id).await;
+    let out = console(&provider, &spec.runner_id);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("cloud-amd64") && out.contains("stock-kernel-ran"), "{out}");
+    let t = provider.timings(&spec.runner_id).unwrap();
+    assert!(t.ready.is_some(), "the agent reported ready");
+    provider.destroy(&spec.runner_id).await.unwrap();
+    assert_eq!(dir_entries(state.path()), Vec::<String>::new());
+}
+
+/// Records what a build says.
+#[derive(Debug, Default)]
+struct Said(Vec<String>);
+
+impl hangar_provider_microvm::image::Progress for Said {
+    fn step(&mut self, _: usize, _: usize, message: &str) {
+        self.0.push(message.to_owned());
+    }
+    fn done(&mut self, message: &str) {
+        self.0.push(message.to_owned());
+    }
+}
+
+/// Without Debian's kernel source, `hangar image build` takes the stock
+/// kernel (the one `cargo xtask prepare` cached) and says so.
+#[test]
+fn without_kernel_source_the_build_falls_back_to_the_stock_kernel_and_says_so() {
+    let what = "the stock-kernel fallback test (cargo xtask prepare fetches the kernel)";
+    let Some(kernel) = require_env("HANGAR_TEST_MICROVM_STOCK_KERNEL", what) else { return };
+    let kernel = PathBuf::from(kernel);
+    // <cache>/kernels/stock-<package>-<hash>/vmlinuz
+    let cache = kernel.ancestors().nth(3).expect("the cache dir").to_owned();
+    let mut said = Said::default();
+    let fragments = [hangar_provider_microvm::image::KERNEL_FRAGMENTS[0]];
+    let (got, initrd) =
+        hangar_provider_microvm::image::kernel_or_stock(&cache, None, &fragments, &mut said)
+            .unwrap();
+    assert_eq!(got, kernel);
+    assert!(initrd.is_some_and(|i| i.exists()));
+    let said = said.0.join("\n");
+    assert!(said.contains("FALLING BACK to Debian's stock cloud kernel"), "{said}");
+    assert!(said.contains("no Debian kernel source"), "{said}");
 }

@@ -274,6 +274,42 @@ async fn oversized_bodies_are_refused_with_413() {
     assert_eq!(server.stored().await, (0, 0));
 }
 
+/// The same limit for a body that declares no length (chunked): it is
+/// counted while it is read, and refused as soon as it passes 25 MB. The
+/// answer is read while the body is still being sent, as GitHub's sender
+/// would see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_chunked_bodies_are_refused_with_413() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = TestServer::start().await;
+    let addr = server.base.trim_start_matches("http://").to_owned();
+    let stream = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let (mut reader, mut writer) = stream.into_split();
+    let head = format!(
+        "POST /webhook HTTP/1.1\r\nHost: {addr}\r\nX-GitHub-Event: workflow_job\r\n\
+         X-GitHub-Delivery: huge-chunked\r\nX-Hub-Signature-256: sha256={}\r\n\
+         Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        "0".repeat(64),
+    );
+    let sender = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        let chunk = vec![b' '; 1024 * 1024];
+        // 30 MiB in 1 MiB chunks; the server may stop reading after 25 MB.
+        for _ in 0..30 {
+            writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
+            writer.write_all(&chunk).await?;
+            writer.write_all(b"\r\n").await?;
+        }
+        writer.write_all(b"0\r\n\r\n").await
+    });
+    let mut answer = vec![0u8; 1024];
+    let n = reader.read(&mut answer).await.expect("read the answer");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    sender.abort();
+    assert_eq!(server.stored().await, (0, 0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redeliveries_and_other_events_change_nothing() {
     let server = TestServer::start().await;

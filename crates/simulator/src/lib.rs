@@ -287,6 +287,21 @@ impl Simulator {
     /// Like [`Simulator::start`] on a given address (127.0.0.1 only, please).
     pub async fn start_on(config: SimConfig, addr: SocketAddr) -> std::io::Result<SimHandle> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
+        Simulator::serve(config, listener)
+    }
+
+    /// Like [`Simulator::start`] on a listener the caller bound, e.g. inside
+    /// a network namespace a test made (a socket stays in the namespace it
+    /// was created in). The JIT configs' server URL is its local address.
+    pub async fn start_with_listener(
+        config: SimConfig,
+        listener: std::net::TcpListener,
+    ) -> std::io::Result<SimHandle> {
+        listener.set_nonblocking(true)?;
+        Simulator::serve(config, tokio::net::TcpListener::from_std(listener)?)
+    }
+
+    fn serve(config: SimConfig, listener: tokio::net::TcpListener) -> std::io::Result<SimHandle> {
         let addr = listener.local_addr()?;
         let shared = Shared::new(config, addr);
         let router = api::router(shared.clone());

@@ -22,6 +22,7 @@
 
 mod batch;
 mod cache;
+mod checkpoint;
 mod error;
 mod jobs;
 mod runners;
@@ -118,7 +119,8 @@ impl Store {
             Backend::Postgres => &MIGRATIONS_POSTGRES,
         };
         migrator.run(&pool).await.map_err(|source| StoreError::Migrate { source })?;
-        let writer = writer::spawn(pool.clone());
+        let checkpoints = (backend == Backend::Sqlite).then(|| checkpoint::spawn(pool.clone()));
+        let writer = writer::spawn(pool.clone(), checkpoints);
         Ok(Store { inner: Arc::new(Inner { pool, backend, writer }) })
     }
 
@@ -153,9 +155,10 @@ impl Store {
 }
 
 /// `journal_mode=WAL` lets readers run beside the writer; `synchronous=FULL`
-/// makes every commit durable before it returns.
+/// makes every commit durable before it returns; checkpoints are left to
+/// the `checkpoint` task, so no commit waits for one.
 const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
-     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
+     PRAGMA wal_autocheckpoint = 0; PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;";
 
 fn connect_url(backend: Backend, url: &str) -> String {
     match backend {

@@ -10,12 +10,15 @@
 //! one bad write cannot fail its neighbours and each caller gets its own
 //! error.
 
+use std::sync::Arc;
+
 use hangar_types::ErrorChain;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::StoreError;
 use crate::batch::deliveries_write;
+use crate::checkpoint::CheckpointTrigger;
 use crate::jobs::{DeliveryOutcome, NewDelivery, delivery_write};
 
 const MAX_BATCH: usize = 256;
@@ -34,9 +37,10 @@ pub(crate) struct WriterHandle {
     requests: mpsc::Sender<Request>,
 }
 
-pub(crate) fn spawn(pool: AnyPool) -> WriterHandle {
+/// Starts the writer; `checkpoints` is told how much it committed.
+pub(crate) fn spawn(pool: AnyPool, checkpoints: Option<Arc<CheckpointTrigger>>) -> WriterHandle {
     let (requests, queue) = mpsc::channel(QUEUE);
-    tokio::spawn(run(pool, queue));
+    tokio::spawn(run(pool, queue, checkpoints));
     WriterHandle { requests }
 }
 
@@ -61,7 +65,11 @@ impl WriterHandle {
     }
 }
 
-async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Request>) {
+async fn run(
+    pool: AnyPool,
+    mut queue: mpsc::Receiver<Request>,
+    checkpoints: Option<Arc<CheckpointTrigger>>,
+) {
     let mut batch: Vec<(Box<NewDelivery>, Reply)> = Vec::with_capacity(MAX_BATCH);
     let mut flushes = Vec::new();
     while let Some(first) = queue.recv().await {
@@ -76,7 +84,11 @@ async fn run(pool: AnyPool, mut queue: mpsc::Receiver<Request>) {
             }
         }
         if !batch.is_empty() {
+            let committed = batch.len();
             commit(&pool, &mut batch).await;
+            if let Some(checkpoints) = &checkpoints {
+                checkpoints.committed(committed);
+            }
         }
         for done in flushes.drain(..) {
             let _ = done.send(());

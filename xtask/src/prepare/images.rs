@@ -11,7 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result};
-use hangar_provider_microvm::image::{ImageSpec, StderrProgress, TEST_SPEC, image_build};
+use hangar_provider_microvm::image::{
+    self, ImageSpec, RunnerSource, StderrProgress, TEST_SPEC, image_build,
+};
 
 use super::TestEnv;
 
@@ -24,12 +26,29 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
         eprintln!("xtask: WARNING: debootstrap missing or not root: the microVM tests will skip");
         return Ok(());
     }
-    crate::run(Command::new("cargo").args(["build", "-q", "-p", "hangar-guest-agent"]))
-        .context("building the guest agent")?;
+    // Release, as `hangar image build` ships it: under TCG the agent's own
+    // code is emulated, and the debug build is 10x the size to page in
+    // through the overlay on every boot.
+    crate::run(Command::new("cargo").args([
+        "build",
+        "-q",
+        "--release",
+        "-p",
+        "hangar-guest-agent",
+    ]))
+    .context("building the guest agent")?;
+    // The stand-in runner (debug; its debug info is stripped into the image).
+    crate::run(Command::new("cargo").args(["build", "-q", "-p", "hangar-standin-runner"]))
+        .context("building the stand-in runner")?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let agent = target.join("debug").join("hangar-guest-agent");
-    let spec = ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
+    let agent = target.join("release").join("hangar-guest-agent");
+    let mut spec =
+        ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
+    // End-to-end tests run simulator jobs inside VMs with it.
+    spec.runner = RunnerSource::TestRunner {
+        standin: Some(target.join("debug").join("hangar-standin-runner")),
+    };
     let cache = super::cache_dir();
     eprintln!("xtask: building/finding the microVM test image under {}", cache.display());
     let info = image_build(&cache, &spec, &agent, &mut StderrProgress::default())
@@ -38,15 +57,41 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
     env.vars.push(("HANGAR_TEST_MICROVM_KERNEL".into(), info.kernel.display().to_string()));
     env.vars.push(("HANGAR_TEST_MICROVM_ROOTFS".into(), info.rootfs.display().to_string()));
     env.vars.push(("HANGAR_TEST_QEMU".into(), qemu.display().to_string()));
+    // The stock-kernel fallback of `hangar image build`, booted by its own
+    // test: Debian's cloud kernel .deb (from the apt mirror), cached.
+    match image::stock_kernel_fetch(&cache, &mut StderrProgress::default()) {
+        Ok(stock) => {
+            eprintln!("xtask: stock kernel {} at {}", stock.package, stock.kernel.display());
+            env.vars.push((
+                "HANGAR_TEST_MICROVM_STOCK_KERNEL".into(),
+                stock.kernel.display().to_string(),
+            ));
+            env.vars.push((
+                "HANGAR_TEST_MICROVM_STOCK_INITRD".into(),
+                stock.initrd.display().to_string(),
+            ));
+        }
+        Err(e) => eprintln!("xtask: WARNING: no stock kernel ({e}): its test will skip"),
+    }
     Ok(())
 }
 
-/// Older builds of the test image (the agent changes often) are dropped.
+/// Older builds of the test image (the agent changes often) are dropped,
+/// once they are an hour old: several checkouts on one machine share the
+/// cache, and another one's tests may be booting its build right now.
 fn prune_old_images(cache: &Path, name: &str, keep: &str) {
     let Ok(entries) = std::fs::read_dir(cache.join("images")) else { return };
+    let hour_old = |entry: &std::fs::DirEntry| {
+        entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > std::time::Duration::from_secs(3600))
+    };
     for entry in entries.flatten() {
         let file = entry.file_name().to_string_lossy().into_owned();
-        if file.starts_with(&format!("{name}-")) && !file.ends_with(keep) {
+        if file.starts_with(&format!("{name}-")) && !file.ends_with(keep) && hour_old(&entry) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::Result;
 
 /// (a command that proves the package is there, the package that provides it)
-pub(crate) const NEEDED: [(&str, &str); 16] = [
+pub(crate) const NEEDED: [(&str, &str); 17] = [
     // The real @actions/cache client and the tools it runs.
     ("node", "nodejs"),
     ("npm", "npm"),
@@ -23,6 +23,8 @@ pub(crate) const NEEDED: [(&str, &str); 16] = [
     ("qemu-system-x86_64", "qemu-utils/bookworm"),
     ("debootstrap", "debootstrap"),
     ("mkfs.ext4", "e2fsprogs"),
+    // objcopy strips the stand-in runner put into the test image.
+    ("objcopy", "binutils"),
     ("nft", "nftables"),
     ("/usr/src/linux-source-6.1.tar.xz", "linux-source-6.1"),
     ("flex", "flex"),

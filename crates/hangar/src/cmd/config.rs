@@ -36,6 +36,21 @@ pub(crate) fn run(command: Command) -> Result<()> {
         if effective.webhook_secret.is_some() { "set" } else { "MISSING" }
     );
     println!("  api token:      {}", if effective.api_token.is_some() { "set" } else { "not set" });
+    if parsed.pools.is_empty() {
+        println!(
+            "  pools:          none: with GitHub credentials, the default pool `default` \
+             (self-hosted, linux, x64; provider auto)"
+        );
+    }
+    for pool in &parsed.pools {
+        println!(
+            "  pool {}: provider {}, labels {}, max_runners {}",
+            pool.name,
+            pool.provider,
+            pool.runner_labels(),
+            pool.max_runners
+        );
+    }
     Ok(())
 }
 

@@ -47,7 +47,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         ApiAccess::new(effective.listen.ip().is_loopback(), effective.api_token.as_deref());
     let secret = effective.webhook_secret.as_deref().map(WebhookSecret::new);
     let state = ServerState::new(store.clone(), secret, access);
-    let _lifecycle =
+    let running =
         crate::lifecycle::start(&config, &store, &effective.data_dir, state.job_activity()).await?;
     let mut app = hangar_server::router(state);
     // The cache answers on the same listener, at the paths the clients expect.
@@ -72,6 +72,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     if let Some(eviction) = eviction {
         eviction.abort();
     }
+    tracing::info!("Shutting down: stopping pre-booted VMs and removing idle pools' firewalls.");
+    running.shutdown().await;
     tracing::info!("Shutting down: flushing the store.");
     store.close().await;
     Ok(())

@@ -27,6 +27,10 @@ pub(crate) struct Args {
     vcpus: u32,
     #[arg(long, default_value_t = 512)]
     memory_mib: u32,
+    /// Skip `webhook_to_runner_started_prebooted_ms` (it needs root: a
+    /// network namespace, taps and nftables).
+    #[arg(long)]
+    no_webhook: bool,
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
@@ -35,17 +39,53 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         || format!("no image {:?} in {} (hangar image build)", args.image, cache.display()),
     )?;
     let state = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
-    let mut config = MicrovmConfig::new(info.kernel, info.rootfs, state.clone());
-    config.qemu = args.qemu;
+    let mut config = MicrovmConfig::new(info.kernel.clone(), info.rootfs.clone(), state.clone());
+    config.initrd.clone_from(&info.initrd);
+    config.qemu.clone_from(&args.qemu);
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory_mib;
     let report = bench::bench_run(config, args.runs).await;
     let _ = std::fs::remove_dir_all(&state);
-    let report = report?;
+    let mut report = serde_json::to_value(report?)?;
+    // The whole path, hangar's server and scheduler included.
+    let webhook = if args.no_webhook {
+        None
+    } else {
+        let qemu = which(&args.qemu);
+        let measured = super::webhook_vm::measure(
+            &info.kernel,
+            &info.rootfs,
+            info.initrd.as_ref(),
+            &qemu,
+            args.runs,
+        )
+        .await;
+        match measured {
+            Ok(stat) => stat,
+            Err(e) => {
+                eprintln!("hangar bench microvm: webhook → runner started not measured: {e:#}");
+                None
+            }
+        }
+    };
+    report["webhook_to_runner_started_prebooted_ms"] = serde_json::to_value(webhook)?;
     if args.json {
         println!("{}", serde_json::to_string(&report)?);
     } else {
         println!("{}", serde_json::to_string_pretty(&report)?);
     }
     Ok(())
+}
+
+/// `qemu-system-x86_64` → its absolute path (the pool config wants one).
+fn which(program: &std::path::Path) -> PathBuf {
+    if program.components().count() > 1 {
+        return program.to_owned();
+    }
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(program))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| program.to_owned())
 }

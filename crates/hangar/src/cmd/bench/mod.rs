@@ -2,6 +2,7 @@
 //! docs/BENCHMARKS.md. Each prints one JSON object on stdout.
 
 mod microvm;
+mod webhook_vm;
 mod webhooks;
 
 use anyhow::Result;
