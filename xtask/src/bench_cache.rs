@@ -9,6 +9,8 @@
 //! number, without node's start-up). Every restore is checked byte for byte.
 //! Then the client's own tar+zstd commands alone on the same files, the
 //! server's share (client time − tar/zstd time) as MB/s (10^6 B) of archive,
+//! the server's CPU time (user + system, from `/proc/PID/stat`) per GiB of
+//! archive, which load on a shared machine distorts far less than wall time,
 //! and the server's peak RSS (`VmHWM`). Prints a Markdown table.
 //!
 //! The server runs with token verification off (the benchmark measures the
@@ -34,10 +36,16 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
         .find(|(k, _)| k == "TEST_NODE_MODULES")
         .map(|(_, v)| v.clone())
         .context("npm clients could not be prepared")?;
-    crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let hangar = target.join("release").join("hangar");
+    // HANGAR_BENCH_BIN: an already built `hangar` to measure instead (for
+    // A/B runs of two builds back to back).
+    let hangar = if let Some(bin) = std::env::var_os("HANGAR_BENCH_BIN") {
+        PathBuf::from(bin)
+    } else {
+        crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("release").join("hangar")
+    };
 
     let work = tempfile_dir("hangar-bench-cache")?;
     let data = work.join("data");
@@ -48,9 +56,9 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
     let token = dev_token();
 
     println!(
-        "| size | op | client s (min / med / max) | tar+zstd alone s (med) | server share s | server share MB/s |"
+        "| size | op | client s (min / med / max) | tar+zstd alone s (med) | server share s | server share MB/s | server CPU s/GiB (med) |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     let mut peak_after = Vec::new();
     for (label, size) in [("150 MiB", 150 * MIB), ("1 GiB", 1024 * MIB)] {
         let src = work.join(format!("src-{size}"));
@@ -61,6 +69,7 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
         let archive_size = tar_create(&src, &work.join("probe.tzst"))?.1;
 
         let (mut saves, mut restores) = (Vec::new(), Vec::new());
+        let (mut save_cpu, mut restore_cpu) = (Vec::new(), Vec::new());
         for run in 0..runs {
             let key = format!("bench-{size}-{run}-{}", std::process::id());
             let ws = work.join(format!("ws-{size}-{run}"));
@@ -68,7 +77,9 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             std::fs::hard_link(&file, ws.join("payload.bin"))
                 .or_else(|_| std::fs::copy(&file, ws.join("payload.bin")).map(drop))?;
             sync();
+            let cpu0 = server.cpu_ticks()?;
             let (ms, id) = client(&modules, &server.url, &ws, &work, &token, "save", &key)?;
+            save_cpu.push(server.cpu_ticks()? - cpu0);
             if id.as_i64().unwrap_or(-1) <= 0 {
                 bail!("save of {label} failed: {id}");
             }
@@ -76,7 +87,9 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             std::fs::remove_dir_all(&ws)?;
             std::fs::create_dir_all(&ws)?;
             sync();
+            let cpu0 = server.cpu_ticks()?;
             let (ms, matched) = client(&modules, &server.url, &ws, &work, &token, "restore", &key)?;
+            restore_cpu.push(server.cpu_ticks()? - cpu0);
             if matched.as_str() != Some(key.as_str()) {
                 bail!("restore of {label} missed: {matched}");
             }
@@ -97,16 +110,20 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             std::fs::remove_dir_all(&out)?;
             std::fs::remove_file(&archive)?;
         }
-        for (op, client_s, alone) in
-            [("save", &mut saves, &mut creates), ("restore", &mut restores, &mut extracts)]
-        {
+        for (op, client_s, alone, cpu) in [
+            ("save", &mut saves, &mut creates, &save_cpu),
+            ("restore", &mut restores, &mut extracts, &restore_cpu),
+        ] {
             let (lo, med, hi) = stats(client_s);
             let alone_med = stats(alone).1;
             let share = med - alone_med;
             #[allow(clippy::cast_precision_loss)]
             let mbps = if share > 0.0 { archive_size as f64 / share / 1e6 } else { f64::INFINITY };
+            let mut cpu_s: Vec<f64> = cpu.iter().map(|t| *t as f64 / clock_ticks()).collect();
+            #[allow(clippy::cast_precision_loss)]
+            let cpu_per_gib = stats(&mut cpu_s).1 / (archive_size as f64 / (1u64 << 30) as f64);
             println!(
-                "| {label} | {op} | {lo:.2} / **{med:.2}** / {hi:.2} | {alone_med:.2} | {share:.2} | {mbps:.0} |"
+                "| {label} | {op} | {lo:.2} / **{med:.2}** / {hi:.2} | {alone_med:.2} | {share:.2} | {mbps:.0} | {cpu_per_gib:.2} |"
             );
         }
         peak_after.push((label, server.peak_rss_kib()?));
@@ -142,6 +159,17 @@ fn dev_token() -> String {
 fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     v.sort_by(f64::total_cmp);
     (v[0], v[v.len() / 2], v[v.len() - 1])
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when unknown).
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(100.0)
 }
 
 fn sync() {
@@ -268,6 +296,19 @@ impl Server {
             std::thread::park_timeout(Duration::from_millis(50));
         }
         Ok(Server { child, url: format!("http://127.0.0.1:{port}") })
+    }
+
+    /// The server's user + system CPU time so far, in clock ticks
+    /// (`/proc/PID/stat` fields 14 and 15): load on the shared machine
+    /// stretches wall time but barely this.
+    fn cpu_ticks(&self) -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the parenthesised command name, which may hold spaces.
+        let rest = stat.rsplit_once(')').context("bad /proc stat")?.1;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let utime: u64 = fields.get(11).context("utime")?.parse()?;
+        let stime: u64 = fields.get(12).context("stime")?.parse()?;
+        Ok(utime + stime)
     }
 
     fn peak_rss_kib(&self) -> Result<u64> {

@@ -76,6 +76,23 @@ async fn suite(store: BlobStore, run: &str) {
         store.put_stream(&empty, futures::stream::iter(chunks(&[], 1)), u64::MAX).await.unwrap();
     assert_eq!((n, store.size(&empty).await.unwrap()), (0, Some(0)));
 
+    // An upload in progress is invisible, also where it replaces an object,
+    // and one abandoned half-way (the request dropped) leaves nothing.
+    let pending = format!("{run}/e4/blob");
+    store.put_stream(&pending, futures::stream::iter(chunks(&small, 100)), u64::MAX).await.unwrap();
+    let (tx, rx) = futures::channel::mpsc::unbounded();
+    tx.unbounded_send(Ok::<_, std::io::Error>(Bytes::from(pattern(3 * 1024 * 1024, 3)))).unwrap();
+    let mut put = Box::pin(store.put_stream(&pending, rx, u64::MAX));
+    let waited = tokio::time::timeout(std::time::Duration::from_millis(300), &mut put).await;
+    assert!(waited.is_err(), "the body has not ended, so the put cannot have finished");
+    assert_eq!(store.size(&pending).await.unwrap(), Some(1000));
+    let listed = store.list(&format!("{run}/e4")).await.unwrap();
+    assert_eq!(listed, vec![Part { key: pending.clone(), size: 1000 }]);
+    drop(put);
+    drop(tx);
+    assert_eq!(read_all(&store, &listed, None).await, small);
+    assert_eq!(store.delete_prefix(&format!("{run}/e4")).await.unwrap(), 1);
+
     // Listing and deleting by prefix.
     let listed = store.list(&format!("{run}/e1")).await.unwrap();
     assert_eq!(listed.iter().map(|p| p.size).collect::<Vec<_>>(), vec![big.len() as u64, 1000]);
@@ -100,6 +117,21 @@ async fn local_filesystem() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().join("blobs").display());
     suite(BlobStore::open(&url).unwrap(), "run").await;
+    // No staging file outlives its upload (failed, oversized or dropped).
+    let mut left = Vec::new();
+    let mut dirs = vec![dir.path().to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                left.push(path);
+            }
+        }
+    }
+    let staging: Vec<_> = left.iter().filter(|p| p.to_string_lossy().contains('#')).collect();
+    assert!(staging.is_empty(), "staging files left: {staging:?}");
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 //!
 //! | endpoint | request |
 //! |---|---|
-//! | v2 lookup / create / finalize | `POST /twirp/github.actions.results.api.v1.CacheService/<Method>` (JSON) |
+//! | v2 lookup / create / finalize | `POST /twirp/github.actions.results.api.v1.CacheService/<Method>` (JSON, or protobuf by `Content-Type`) |
 //! | Put Blob / Put Block / Put Block List | `PUT /_hangar/blob/<id>?se&sig[&comp=block&blockid=..|&comp=blocklist]` → 201 |
 //! | download (both) | `GET`/`HEAD /_hangar/download/<id>?se&sig` (Range supported) |
 //! | v1 | `[/<prefix>]/_apis/artifactcache/{cache,caches,caches/<id>}` |
@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::service::{CacheError, CacheService};
 use crate::sign::UrlOp;
+use crate::twirp_pb as pb;
 
 const TWIRP_PREFIX: &str = "/twirp/github.actions.results.api.v1.CacheService/";
 
@@ -207,6 +208,68 @@ fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, CacheErr
     serde_json::from_slice(body).map_err(|e| CacheError::Invalid(format!("bad JSON body: {e}")))
 }
 
+/// How a Twirp call's body is encoded; the answer uses the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TwirpFormat {
+    Json,
+    Protobuf,
+}
+
+impl TwirpFormat {
+    fn of(headers: &HeaderMap) -> TwirpFormat {
+        let ct = headers.get(header::CONTENT_TYPE).and_then(|h| h.to_str().ok()).unwrap_or("");
+        let mime = ct.split(';').next().unwrap_or("").trim();
+        if mime.eq_ignore_ascii_case("application/protobuf") {
+            TwirpFormat::Protobuf
+        } else {
+            TwirpFormat::Json
+        }
+    }
+}
+
+fn parse_pb<T: prost::Message + Default>(body: &[u8]) -> Result<T, CacheError> {
+    T::decode(body).map_err(|e| CacheError::Invalid(format!("bad protobuf body: {e}")))
+}
+
+/// A Twirp call's answer, rendered in the request's format.
+enum TwirpReply {
+    Lookup(pb::GetCacheEntryDownloadUrlResponse),
+    Create(pb::CreateCacheEntryResponse),
+    Finalize(pb::FinalizeCacheEntryUploadResponse),
+}
+
+impl TwirpReply {
+    fn render(self, format: TwirpFormat) -> Response {
+        use prost::Message;
+        if format == TwirpFormat::Protobuf {
+            let bytes = match &self {
+                TwirpReply::Lookup(m) => m.encode_to_vec(),
+                TwirpReply::Create(m) => m.encode_to_vec(),
+                TwirpReply::Finalize(m) => m.encode_to_vec(),
+            };
+            return ([(header::CONTENT_TYPE, "application/protobuf")], bytes).into_response();
+        }
+        // protobuf-JSON as the client's generated code reads it: defaults
+        // omitted, int64 as a string.
+        let json = match self {
+            TwirpReply::Lookup(m) if m.ok => serde_json::json!({
+                "ok": true,
+                "signed_download_url": m.signed_download_url,
+                "matched_key": m.matched_key,
+            }),
+            TwirpReply::Lookup(_) => serde_json::json!({ "ok": false }),
+            TwirpReply::Create(m) => {
+                serde_json::json!({ "ok": m.ok, "signed_upload_url": m.signed_upload_url })
+            }
+            TwirpReply::Finalize(m) if m.ok => {
+                serde_json::json!({ "ok": true, "entry_id": m.entry_id.to_string() })
+            }
+            TwirpReply::Finalize(m) => serde_json::json!({ "ok": false, "message": m.message }),
+        };
+        axum::Json(json).into_response()
+    }
+}
+
 async fn twirp(
     State(svc): State<CacheService>,
     Path(method): Path<String>,
@@ -217,8 +280,9 @@ async fn twirp(
         let e = CacheError::NotFound;
         return ApiError(Proto::Twirp, e).into_response();
     };
-    match twirp_call(&svc, &endpoint, &headers, &body).await {
-        Ok(value) => axum::Json(value).into_response(),
+    let format = TwirpFormat::of(&headers);
+    match twirp_call(&svc, &endpoint, &headers, format, &body).await {
+        Ok(reply) => reply.render(format),
         Err(e) => ApiError(Proto::Twirp, e).into_response(),
     }
 }
@@ -227,45 +291,68 @@ async fn twirp_call(
     svc: &CacheService,
     endpoint: &Endpoint,
     headers: &HeaderMap,
+    format: TwirpFormat,
     body: &[u8],
-) -> Result<serde_json::Value, CacheError> {
+) -> Result<TwirpReply, CacheError> {
     let who = svc.identify(authorization(headers)).await?;
+    let pb = format == TwirpFormat::Protobuf;
     match endpoint {
         Endpoint::V2Lookup => {
-            let req: LookupRequest = parse_json(body)?;
+            let req = if pb {
+                let m: pb::GetCacheEntryDownloadUrlRequest = parse_pb(body)?;
+                LookupRequest { key: m.key, restore_keys: Some(m.restore_keys), version: m.version }
+            } else {
+                parse_json::<LookupRequest>(body)?
+            };
             let mut keys = vec![req.key];
             keys.extend(req.restore_keys.unwrap_or_default());
-            Ok(match svc.lookup(&who, &keys, &req.version).await? {
-                Some(e) => serde_json::json!({
-                    "ok": true,
-                    "signed_download_url": svc.download_url(host(headers), e.id),
-                    "matched_key": e.key,
-                }),
-                None => serde_json::json!({ "ok": false }),
-            })
+            let reply = match svc.lookup(&who, &keys, &req.version).await? {
+                Some(e) => pb::GetCacheEntryDownloadUrlResponse {
+                    ok: true,
+                    signed_download_url: svc.download_url(host(headers), e.id),
+                    matched_key: e.key,
+                },
+                None => pb::GetCacheEntryDownloadUrlResponse::default(),
+            };
+            Ok(TwirpReply::Lookup(reply))
         }
         Endpoint::V2Create => {
-            let req: CreateRequest = parse_json(body)?;
+            let req = if pb {
+                let m: pb::CreateCacheEntryRequest = parse_pb(body)?;
+                CreateRequest { key: m.key, version: m.version }
+            } else {
+                parse_json::<CreateRequest>(body)?
+            };
             let entry = svc.reserve(&who, &req.key, &req.version, None).await?;
-            Ok(
-                serde_json::json!({ "ok": true, "signed_upload_url": svc.upload_url(host(headers), entry.id) }),
-            )
+            Ok(TwirpReply::Create(pb::CreateCacheEntryResponse {
+                ok: true,
+                signed_upload_url: svc.upload_url(host(headers), entry.id),
+                message: String::new(),
+            }))
         }
         Endpoint::V2Finalize => {
-            let req: FinalizeRequest = parse_json(body)?;
-            let size = req
-                .size_bytes
-                .value()
-                .ok_or_else(|| CacheError::Invalid("size_bytes is not a number".into()))?;
-            match svc.finalize_v2(&who, &req.key, &req.version, size).await {
-                Ok(entry) => {
-                    Ok(serde_json::json!({ "ok": true, "entry_id": entry.id.to_string() }))
+            let (key, version, size) = if pb {
+                let m: pb::FinalizeCacheEntryUploadRequest = parse_pb(body)?;
+                (m.key, m.version, u64::try_from(m.size_bytes).ok())
+            } else {
+                let req: FinalizeRequest = parse_json(body)?;
+                let size = req.size_bytes.value();
+                (req.key, req.version, size)
+            };
+            let size =
+                size.ok_or_else(|| CacheError::Invalid("size_bytes is not a number".into()))?;
+            let reply = match svc.finalize_v2(&who, &key, &version, size).await {
+                Ok(entry) => pb::FinalizeCacheEntryUploadResponse {
+                    ok: true,
+                    entry_id: entry.id,
+                    message: String::new(),
+                },
+                Err(CacheError::Incomplete(message)) => {
+                    pb::FinalizeCacheEntryUploadResponse { ok: false, entry_id: 0, message }
                 }
-                Err(CacheError::Incomplete(msg)) => {
-                    Ok(serde_json::json!({ "ok": false, "message": msg }))
-                }
-                Err(e) => Err(e),
-            }
+                Err(e) => return Err(e),
+            };
+            Ok(TwirpReply::Finalize(reply))
         }
         _ => Err(CacheError::NotFound),
     }

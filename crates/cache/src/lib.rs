@@ -8,7 +8,8 @@
 //!
 //! Layers, outside in:
 //!
-//! - [`http`]: both wire protocols → [`http::Endpoint`] → the service;
+//! - [`http`]: both wire protocols → [`http::Endpoint`] → the service
+//!   (Twirp bodies in JSON or protobuf, [`twirp_pb`]);
 //! - [`service`]: lookup order, scopes, reservations, part uploads, commit;
 //! - [`token`]: who asks (the job's runtime token, verified against a JWKS);
 //! - [`index`]: entry metadata ([`index::CacheIndex`]; real one in `hangar-store`);
@@ -23,6 +24,7 @@ pub mod index;
 pub mod service;
 pub mod sign;
 pub mod token;
+pub mod twirp_pb;
 
 use std::path::Path;
 use std::sync::Arc;
