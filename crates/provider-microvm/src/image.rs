@@ -1,11 +1,13 @@
 //! `hangar image build` / `hangar image ls`: the guest kernel and root
 //! filesystem, built from Debian's packages and cached by their inputs.
 //!
-//! - **Kernel**: Debian's `linux-source-*` tarball, `make tinyconfig`, then
+//! - **Kernel**: Debian's `linux-source-*` tarball, the project's patches
+//!   (`kernel/patches/`, see [`KERNEL_PATCHES`]), `make tinyconfig`, then
 //!   the project's fragments (`kernel/base.config`, plus e.g.
 //!   `kernel/docker.config` when the image spec names it), `make vmlinux`.
 //!   The ELF `vmlinux` has a PVH note, so QEMU boots it without a
-//!   decompressor. Cached under `kernels/<hash of fragments + source>`.
+//!   decompressor. Cached under `kernels/<hash of fragments, patches and
+//!   source>`.
 //! - **Root filesystem tree**: `debootstrap --variant=minbase` plus the
 //!   spec's packages, and the unprivileged `runner` user. Cached under
 //!   `trees/<hash of suite, mirror, packages>` because it is the slow part
@@ -44,6 +46,14 @@ pub const KERNEL_FRAGMENTS: [(&str, &str); 2] = [
     ("base", include_str!("../kernel/base.config")),
     ("docker", include_str!("../kernel/docker.config")),
 ];
+
+/// Patches applied (`patch -p1`) to Debian's kernel source before building,
+/// in order: small changes that only matter to hangar's guests, each
+/// explaining itself in its header. Part of the kernel's cache key.
+pub const KERNEL_PATCHES: [(&str, &str); 1] = [(
+    "0001-x86-mm-no-initmem-poison.patch",
+    include_str!("../kernel/patches/0001-x86-mm-no-initmem-poison.patch"),
+)];
 
 /// The image spec used by the test suite: minbase + the test runner.
 pub const TEST_SPEC: &str = include_str!("../images/test.toml");
@@ -396,7 +406,7 @@ fn kernel_build_from(
     let mut h = Sha256::new();
     h.update(source.as_os_str().as_encoded_bytes());
     h.update(meta.len().to_le_bytes());
-    for (name, text) in fragments {
+    for (name, text) in fragments.iter().chain(&KERNEL_PATCHES) {
         h.update(name.as_bytes());
         h.update(text.as_bytes());
     }
@@ -420,6 +430,14 @@ fn kernel_build_from(
             status: "ok".into(),
             tail: "no directory in the tarball".into(),
         })?;
+    for (name, text) in &KERNEL_PATCHES {
+        let p = work.join(name);
+        write_file(&p, text.as_bytes(), 0o644)?;
+        run(Command::new("patch")
+            .current_dir(&src)
+            .args(["-p1", "--batch", "--forward", "--input"])
+            .arg(&p))?;
+    }
     run(Command::new("make").arg("-C").arg(&src).arg("tinyconfig"))?;
     let mut frag_paths = Vec::new();
     for (name, text) in fragments {

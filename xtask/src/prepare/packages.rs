@@ -6,7 +6,7 @@ use std::process::Command;
 use anyhow::Result;
 
 /// (a command that proves the package is there, the package that provides it)
-pub(crate) const NEEDED: [(&str, &str); 17] = [
+pub(crate) const NEEDED: [(&str, &str); 18] = [
     // The real @actions/cache client and the tools it runs.
     ("node", "nodejs"),
     ("npm", "npm"),
@@ -30,6 +30,7 @@ pub(crate) const NEEDED: [(&str, &str); 17] = [
     ("flex", "flex"),
     ("bison", "bison"),
     ("bc", "bc"),
+    ("patch", "patch"),
     ("/usr/include/libelf.h", "libelf-dev"),
 ];
 
