@@ -44,6 +44,9 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Build the guest agent as images ship it (release, statically
+    /// linked) and print its path, for `hangar image build --agent PATH`.
+    Agent,
     /// Benchmark the cache server with the real client (docs/BENCHMARKS.md).
     BenchCache {
         /// Runs per size and operation.
@@ -70,6 +73,10 @@ fn main() -> Result<()> {
             }
             // Servers started for the tests stop here; `cargo xtask test` keeps them.
             drop(env);
+            Ok(())
+        }
+        Cmd::Agent => {
+            println!("{}", prepare::images::build_static_agent(&root)?.display());
             Ok(())
         }
         Cmd::BenchCache { runs } => bench_cache::run(&root, runs),

@@ -22,6 +22,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod users;
+
 /// The virtio-serial port name the agent looks for under
 /// `/sys/class/virtio-ports/*/name`.
 pub const PORT_NAME: &str = "org.hangar.agent";

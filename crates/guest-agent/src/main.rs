@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hangar_guest_agent::users::{self, Account};
 use hangar_guest_agent::{
     AgentConfig, CONFIG_PATH, GuestMessage, HostMessage, JIT_CONFIG_MARKER, PORT_NAME, encode_line,
 };
@@ -70,7 +71,7 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     .map_err(|e| format!("parsing {CONFIG_PATH}: {e}"))?;
     // Everything the runner's start needs that does not depend on the spec
     // is looked up now, so a pre-booted VM's dispatch is only fork + exec.
-    let runner_user = RunnerUser::resolve(&config.runner_user)?;
+    let user = runner_account(&config.runner_user)?;
 
     let port_path = find_port(Duration::from_secs(10))?;
     let port = OpenOptions::new()
@@ -116,11 +117,10 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         start_dockerd(dockerd)?;
     }
 
-    let user = &runner_user.user;
     let argv: Vec<String> =
         config.runner_command.iter().map(|a| a.replace(JIT_CONFIG_MARKER, &jit_config)).collect();
     let (program, args) = argv.split_first().ok_or("runner_command is empty")?;
-    let mut command = if runner_user.supplementary_groups {
+    let mut command = if user.supplementary_groups {
         // std's uid/gid switch drops supplementary groups (e.g. `docker`)
         // and setting them needs `pre_exec` (unsafe, which the workspace
         // forbids), so setpriv does it: one extra exec, only for images
@@ -138,13 +138,13 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
         // clears the supplementary groups), then execs the runner, and
         // `spawn` returns once that exec succeeded.
         let mut c = Command::new(program);
-        c.args(args).uid(user.uid.as_raw()).gid(user.gid.as_raw());
+        c.args(args).uid(user.uid).gid(user.gid);
         c
     };
     use std::os::unix::process::CommandExt as _;
     command
         .env_clear()
-        .env("HOME", &user.dir)
+        .env("HOME", &user.home)
         .env("USER", &user.name)
         .env("LOGNAME", &user.name)
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
@@ -172,30 +172,16 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
 }
 
 /// The unprivileged user the runner runs as, looked up at boot.
-struct RunnerUser {
-    user: nix::unistd::User,
-    /// Whether the user is in groups beyond its primary one (then setpriv
-    /// sets them; std's uid/gid switch cannot).
-    supplementary_groups: bool,
-}
-
-impl RunnerUser {
-    fn resolve(name: &str) -> Result<RunnerUser, String> {
-        let user = nix::unistd::User::from_name(name)
-            .map_err(|e| format!("looking up user {name}: {e}"))?
-            .ok_or_else(|| format!("user {name} does not exist in the image"))?;
-        let c_name =
-            std::ffi::CString::new(name).map_err(|e| format!("user name {name:?}: {e}"))?;
-        let groups = nix::unistd::getgrouplist(&c_name, user.gid)
-            .map_err(|e| format!("looking up the groups of {name}: {e}"))?;
-        let supplementary_groups = groups.iter().any(|g| *g != user.gid);
-        if supplementary_groups && !Path::new("/usr/bin/setpriv").exists() {
-            return Err(format!(
-                "user {name} has supplementary groups but the image has no /usr/bin/setpriv"
-            ));
-        }
-        Ok(RunnerUser { user, supplementary_groups })
+fn runner_account(name: &str) -> Result<Account, String> {
+    let read =
+        |path: &str| std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"));
+    let account = users::lookup(&read("/etc/passwd")?, &read("/etc/group")?, name)?;
+    if account.supplementary_groups && !Path::new("/usr/bin/setpriv").exists() {
+        return Err(format!(
+            "user {name} has supplementary groups but the image has no /usr/bin/setpriv"
+        ));
     }
+    Ok(account)
 }
 
 fn send(port: &mut File, message: &GuestMessage) -> Result<(), String> {

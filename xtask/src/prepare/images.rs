@@ -26,23 +26,12 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
         eprintln!("xtask: WARNING: debootstrap missing or not root: the microVM tests will skip");
         return Ok(());
     }
-    // Release, as `hangar image build` ships it: under TCG the agent's own
-    // code is emulated, and the debug build is 10x the size to page in
-    // through the overlay on every boot.
-    crate::run(Command::new("cargo").args([
-        "build",
-        "-q",
-        "--release",
-        "-p",
-        "hangar-guest-agent",
-    ]))
-    .context("building the guest agent")?;
+    let agent = build_static_agent(root)?;
     // The stand-in runner (debug; its debug info is stripped into the image).
     crate::run(Command::new("cargo").args(["build", "-q", "-p", "hangar-standin-runner"]))
         .context("building the stand-in runner")?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let agent = target.join("release").join("hangar-guest-agent");
     let mut spec =
         ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
     // End-to-end tests run simulator jobs inside VMs with it.
@@ -137,4 +126,26 @@ pub(crate) fn bench_microvm(root: &Path, runs: usize, json: bool) -> Result<()> 
         println!("{text}");
     }
     Ok(())
+}
+
+/// The host's target triple, named explicitly so that `RUSTFLAGS` apply to
+/// the agent only, not to build scripts and proc macros (and so the static
+/// build has its own directory under `target/` and rebuilds nothing else).
+const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Builds the guest agent as images ship it and returns its path:
+/// release (under TCG its code is emulated, and the debug build is 10x the
+/// size to page in through the overlay on every boot) and statically
+/// linked against glibc, so it runs in any image whatever its glibc, and
+/// starts without the dynamic loader (~50 ms less boot under TCG).
+pub(crate) fn build_static_agent(root: &Path) -> Result<PathBuf> {
+    crate::run(
+        Command::new("cargo")
+            .env("RUSTFLAGS", "-C target-feature=+crt-static")
+            .args(["build", "-q", "--release", "-p", "hangar-guest-agent", "--target", AGENT_TARGET]),
+    )
+    .context("building the guest agent")?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    Ok(target.join(AGENT_TARGET).join("release").join("hangar-guest-agent"))
 }

@@ -44,7 +44,7 @@ pub(crate) async fn run(command: Command) -> Result<()> {
             let parsed = ImageSpec::parse(&text, &spec)?;
             let agent = agent.or_else(image::agent_beside_current_exe).context(
                 "no hangar-guest-agent next to hangar; pass --agent PATH \
-                 (cargo build -p hangar-guest-agent)",
+                 (`cargo xtask agent` builds it and prints its path)",
             )?;
             let cache = cache_dir(cache);
             let info = tokio::task::spawn_blocking(move || {
