@@ -821,11 +821,22 @@ fn set_mode(path: &Path, mode: u32) -> Result<(), ImageError> {
 }
 
 /// A fresh temporary directory next to `dir` (same file system, so the
-/// final rename is atomic).
+/// final rename is atomic). Siblings left by builds whose process is gone
+/// (killed mid-build: a kernel tree is 1.5 GB) are removed first.
 fn temp_sibling(dir: &Path) -> Result<PathBuf, ImageError> {
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(io("creating", parent))?;
     let name = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let stale_prefix = format!(".{name}.tmp-");
+    for entry in std::fs::read_dir(parent).map_err(io("listing", parent))?.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&stale_prefix)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok_and(|pid| !Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let work = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     std::fs::create_dir_all(&work).map_err(io("creating", &work))?;
@@ -860,6 +871,24 @@ fn run(cmd: &mut Command) -> Result<(), ImageError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn temp_siblings_of_dead_builds_are_removed() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("abc");
+        // No process has pid u32::MAX - 1 (pid_max is at most 2^22).
+        let dead = root.path().join(format!(".abc.tmp-{}", u32::MAX - 1));
+        let alive = root.path().join(".abc.tmp-1");
+        let other = root.path().join(".xyz.tmp-4294967294");
+        for d in [&dead, &alive, &other] {
+            std::fs::create_dir_all(d.join("tree")).unwrap();
+        }
+        let work = temp_sibling(&target).unwrap();
+        assert!(work.is_dir());
+        assert!(!dead.exists(), "a dead build's tree is removed");
+        assert!(alive.exists(), "a live process's tree (pid 1) is kept");
+        assert!(other.exists(), "other targets' trees are not touched");
+    }
 
     #[test]
     fn the_shipped_specs_parse() {
