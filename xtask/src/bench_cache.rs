@@ -11,7 +11,11 @@
 //! server's share (client time − tar/zstd time) as MB/s (10^6 B) of archive,
 //! the server's CPU time (user + system, from `/proc/PID/stat`) per GiB of
 //! archive, which load on a shared machine distorts far less than wall time,
-//! and the server's peak RSS (`VmHWM`). Prints a Markdown table.
+//! and the server's peak RSS (`VmHWM`). The client's CPU time (node and
+//! the tar/zstd it runs, from `getrusage(RUSAGE_CHILDREN)`) is printed
+//! next to that of tar/zstd alone: client, tar/zstd and server share the
+//! machine's cores, so on a small machine their sum bounds the wall time
+//! whatever the server does. Prints a Markdown table.
 //!
 //! The server runs with token verification off (the benchmark measures the
 //! data path, not JWKS fetching); its start-up warning says so.
@@ -56,9 +60,9 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
     let token = dev_token();
 
     println!(
-        "| size | op | client s (min / med / max) | tar+zstd alone s (med) | server share s | server share MB/s | server CPU s/GiB (med) |"
+        "| size | op | client s (min / med / max) | tar+zstd alone s (med) | server share s | server share MB/s | server CPU s/GiB (med) | client CPU s (med) | tar+zstd CPU s (med) |"
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let mut peak_after = Vec::new();
     for (label, size) in [("150 MiB", 150 * MIB), ("1 GiB", 1024 * MIB)] {
         let src = work.join(format!("src-{size}"));
@@ -70,6 +74,7 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
 
         let (mut saves, mut restores) = (Vec::new(), Vec::new());
         let (mut save_cpu, mut restore_cpu) = (Vec::new(), Vec::new());
+        let (mut save_client_cpu, mut restore_client_cpu) = (Vec::new(), Vec::new());
         for run in 0..runs {
             let key = format!("bench-{size}-{run}-{}", std::process::id());
             let ws = work.join(format!("ws-{size}-{run}"));
@@ -77,9 +82,10 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             std::fs::hard_link(&file, ws.join("payload.bin"))
                 .or_else(|_| std::fs::copy(&file, ws.join("payload.bin")).map(drop))?;
             sync();
-            let cpu0 = server.cpu_ticks()?;
+            let (cpu0, client0) = (server.cpu_ticks()?, children_cpu_s()?);
             let (ms, id) = client(&modules, &server.url, &ws, &work, &token, "save", &key)?;
             save_cpu.push(server.cpu_ticks()? - cpu0);
+            save_client_cpu.push(children_cpu_s()? - client0);
             if id.as_i64().unwrap_or(-1) <= 0 {
                 bail!("save of {label} failed: {id}");
             }
@@ -87,9 +93,10 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             std::fs::remove_dir_all(&ws)?;
             std::fs::create_dir_all(&ws)?;
             sync();
-            let cpu0 = server.cpu_ticks()?;
+            let (cpu0, client0) = (server.cpu_ticks()?, children_cpu_s()?);
             let (ms, matched) = client(&modules, &server.url, &ws, &work, &token, "restore", &key)?;
             restore_cpu.push(server.cpu_ticks()? - cpu0);
+            restore_client_cpu.push(children_cpu_s()? - client0);
             if matched.as_str() != Some(key.as_str()) {
                 bail!("restore of {label} missed: {matched}");
             }
@@ -100,19 +107,31 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             std::fs::remove_dir_all(&ws)?;
         }
         let (mut creates, mut extracts) = (Vec::new(), Vec::new());
+        let (mut create_cpu, mut extract_cpu) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let archive = work.join("alone.tzst");
+            let cpu0 = children_cpu_s()?;
             creates.push(tar_create(&src, &archive)?.0);
+            create_cpu.push(children_cpu_s()? - cpu0);
             let out = work.join("extract");
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(&out)?;
+            let cpu0 = children_cpu_s()?;
             extracts.push(tar_extract(&archive, &out)?);
+            extract_cpu.push(children_cpu_s()? - cpu0);
             std::fs::remove_dir_all(&out)?;
             std::fs::remove_file(&archive)?;
         }
-        for (op, client_s, alone, cpu) in [
-            ("save", &mut saves, &mut creates, &save_cpu),
-            ("restore", &mut restores, &mut extracts, &restore_cpu),
+        for (op, client_s, alone, cpu, client_cpu, alone_cpu) in [
+            ("save", &mut saves, &mut creates, &save_cpu, &mut save_client_cpu, &mut create_cpu),
+            (
+                "restore",
+                &mut restores,
+                &mut extracts,
+                &restore_cpu,
+                &mut restore_client_cpu,
+                &mut extract_cpu,
+            ),
         ] {
             let (lo, med, hi) = stats(client_s);
             let alone_med = stats(alone).1;
@@ -122,8 +141,9 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             let mut cpu_s: Vec<f64> = cpu.iter().map(|t| *t as f64 / clock_ticks()).collect();
             #[allow(clippy::cast_precision_loss)]
             let cpu_per_gib = stats(&mut cpu_s).1 / (archive_size as f64 / (1u64 << 30) as f64);
+            let (client_cpu, alone_cpu) = (stats(client_cpu).1, stats(alone_cpu).1);
             println!(
-                "| {label} | {op} | {lo:.2} / **{med:.2}** / {hi:.2} | {alone_med:.2} | {share:.2} | {mbps:.0} | {cpu_per_gib:.2} |"
+                "| {label} | {op} | {lo:.2} / **{med:.2}** / {hi:.2} | {alone_med:.2} | {share:.2} | {mbps:.0} | {cpu_per_gib:.2} | {client_cpu:.2} | {alone_cpu:.2} |"
             );
         }
         peak_after.push((label, server.peak_rss_kib()?));
@@ -162,6 +182,19 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
 }
 
 /// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when unknown).
+/// User + system CPU seconds of this process's waited-for children so far
+/// (node, and the tar/zstd it waited for), from `getrusage(RUSAGE_CHILDREN)`.
+fn children_cpu_s() -> Result<f64> {
+    use nix::sys::resource::{UsageWho, getrusage};
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN)?;
+    let secs = |t: nix::sys::time::TimeVal| {
+        #[allow(clippy::cast_precision_loss)]
+        let s = t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+        s
+    };
+    Ok(secs(usage.user_time()) + secs(usage.system_time()))
+}
+
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")

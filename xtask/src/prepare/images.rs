@@ -139,11 +139,15 @@ const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// linked against glibc, so it runs in any image whatever its glibc, and
 /// starts without the dynamic loader (~50 ms less boot under TCG).
 pub(crate) fn build_static_agent(root: &Path) -> Result<PathBuf> {
-    crate::run(
-        Command::new("cargo")
-            .env("RUSTFLAGS", "-C target-feature=+crt-static")
-            .args(["build", "-q", "--release", "-p", "hangar-guest-agent", "--target", AGENT_TARGET]),
-    )
+    crate::run(Command::new("cargo").env("RUSTFLAGS", "-C target-feature=+crt-static").args([
+        "build",
+        "-q",
+        "--release",
+        "-p",
+        "hangar-guest-agent",
+        "--target",
+        AGENT_TARGET,
+    ]))
     .context("building the guest agent")?;
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
