@@ -58,6 +58,9 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         app = app.merge(hangar_cache::router(cache));
     }
 
+    // Installed before "listening" is printed: a SIGTERM that follows that
+    // line at once must take the graceful path, not the default (death).
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(effective.listen)
         .await
         .with_context(|| format!("cannot listen on {}", effective.listen))?;
@@ -65,10 +68,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     println!("hangar listening on http://{addr}");
     report_startup(path.as_deref(), &effective, addr);
 
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .context("serving HTTP")?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
     if let Some(eviction) = eviction {
         eviction.abort();
     }
@@ -112,12 +112,17 @@ fn init_tracing() {
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }
 
-async fn shutdown_signal() {
-    let interrupt = tokio::signal::ctrl_c();
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("SIGTERM handler installs");
-    tokio::select! {
-        _ = interrupt => {}
-        _ = terminate.recv() => {}
-    }
+/// Resolves on SIGINT or SIGTERM. The handlers are installed by the time
+/// this returns, not when the future is first polled.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = terminate.recv() => {}
+        }
+    })
 }
