@@ -320,7 +320,16 @@ async fn a_guest_that_never_reports_ready_is_killed_at_the_boot_timeout() {
     let state = tempfile::tempdir().unwrap();
     let _reaper = Reaper(state.path().to_owned());
     let mut c = config(&env, state.path());
-    c.boot_timeout_secs = 1; // far less than a TCG boot
+    c.boot_timeout_secs = 1;
+    // A guest that never runs: QEMU started paused (`-S`) and never resumed.
+    // (A short timeout alone is a race: a TCG boot now takes under 1 s.)
+    let bin = tempfile::tempdir().unwrap();
+    let frozen_qemu = bin.path().join("qemu-paused");
+    std::fs::write(&frozen_qemu, format!("#!/bin/sh\nexec {} \"$@\" -S\n", c.qemu.display()))
+        .unwrap();
+    let executable = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755);
+    std::fs::set_permissions(&frozen_qemu, executable).unwrap();
+    c.qemu = frozen_qemu;
     let provider = MicrovmProvider::new(pool(), c).await.unwrap();
     let spec = spec("true");
     provider.launch(&spec).await.unwrap();
