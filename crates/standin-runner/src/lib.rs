@@ -304,9 +304,15 @@ pub fn binary_path() -> std::io::Result<PathBuf> {
     if candidate.exists() {
         return Ok(candidate);
     }
+    // The profile whose directory the test binary runs from (`debug` is `dev`).
+    let profile = match dir.file_name().and_then(|name| name.to_str()) {
+        Some("debug") | None => "dev",
+        Some(other) => other,
+    };
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "-p", "hangar-standin-runner", "--bin", "hangar-standin-runner"])
+        .args(["build", "--profile", profile, "-p", "hangar-standin-runner"])
+        .args(["--bin", "hangar-standin-runner"])
         .status()?;
     if status.success() && candidate.exists() {
         Ok(candidate)
@@ -314,7 +320,8 @@ pub fn binary_path() -> std::io::Result<PathBuf> {
         Err(std::io::Error::new(
             std::io::ErrorKind::NotFound,
             format!(
-                "{} is missing and `cargo build -p hangar-standin-runner` did not produce it",
+                "{} is missing and `cargo build --profile {profile} -p hangar-standin-runner` \
+                 did not produce it",
                 candidate.display()
             ),
         ))
