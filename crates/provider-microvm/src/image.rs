@@ -13,7 +13,7 @@
 //!   `trees/<hash of suite, mirror, packages>` because it is the slow part
 //!   and does not change when the agent does.
 //! - **Image**: the tree + the guest agent + its config + the runner,
-//!   packed with `mkfs.ext4 -d` into a raw `rootfs.raw` (read-only from then
+//!   packed with `mkfs.ext4 -d` (no journal) into a raw `rootfs.raw` (read-only from then
 //!   on: VMs get qcow2 overlays over it). Cached under
 //!   `images/<name>-<hash of everything>`.
 //!
@@ -219,6 +219,12 @@ impl ImageSpec {
     }
 }
 
+/// How `rootfs.raw` is packed (part of the image's cache key). No journal:
+/// every VM writes to a throw-away overlay that no crash needs to recover,
+/// and without one the root mounts sooner at boot (~40 ms under TCG) and
+/// each write reaches the overlay once instead of twice.
+const MKFS_ARGS: &[&str] = &["-q", "-F", "-L", "hangar-root", "-O", "^has_journal"];
+
 /// Builds (or finds in the cache) the image of `spec`, with `agent` as the
 /// guest agent binary.
 pub fn image_build(
@@ -243,6 +249,7 @@ pub fn image_build(
     h.update(Sha256::digest(&agent_bytes));
     h.update(serde_json::to_vec(&config).expect("config serializes"));
     h.update(toml::to_string(spec).expect("spec serializes"));
+    h.update(MKFS_ARGS.join(" "));
     match &spec.runner {
         RunnerSource::Local { path, .. } | RunnerSource::TestRunner { standin: Some(path) } => {
             hash_path(&mut h, path)?;
@@ -276,10 +283,7 @@ pub fn image_build(
     progress.step(3, total, "packing rootfs.raw (mkfs.ext4)");
     let rootfs = work.join("rootfs.raw");
     run(Command::new("truncate").arg("-s").arg(format!("{}M", spec.size_mib)).arg(&rootfs))?;
-    run(Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "hangar-root", "-d"])
-        .arg(&root)
-        .arg(&rootfs))?;
+    run(Command::new("mkfs.ext4").args(MKFS_ARGS).arg("-d").arg(&root).arg(&rootfs))?;
     std::fs::remove_dir_all(&root).map_err(io("removing", &root))?;
     set_mode(&rootfs, 0o444)?;
     let kernel_name = if initrd.is_some() { "vmlinuz" } else { "vmlinux" };
