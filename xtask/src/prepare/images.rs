@@ -95,37 +95,26 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
 }
 
-/// `cargo xtask bench microvm`: the test image, a fresh state dir, the
-/// provider's own measurements (see `hangar_provider_microvm::bench`).
+/// `cargo xtask bench microvm`: prepares the test image, then runs
+/// `hangar bench microvm` (all fields, the webhook path included) on it.
 pub(crate) fn bench_microvm(root: &Path, runs: usize, json: bool) -> Result<()> {
     let mut env = TestEnv::default();
     prepare(root, &mut env)?;
-    let var = |k: &str| {
-        env.vars
-            .iter()
-            .find(|(n, _)| n == k)
-            .map(|(_, v)| PathBuf::from(v))
-            .context("no microVM test image")
-    };
-    let state = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
-    let mut config = hangar_provider_microvm::MicrovmConfig::new(
-        var("HANGAR_TEST_MICROVM_KERNEL")?,
-        var("HANGAR_TEST_MICROVM_ROOTFS")?,
-        state.clone(),
-    );
-    config.qemu = var("HANGAR_TEST_QEMU")?;
-    config.vcpus = 1;
-    config.memory_mib = 512;
-    let runtime = tokio::runtime::Runtime::new()?;
-    let report = runtime.block_on(hangar_provider_microvm::bench::bench_run(config, runs))?;
-    let _ = std::fs::remove_dir_all(&state);
-    let text = serde_json::to_string_pretty(&report)?;
-    if json {
-        println!("{}", serde_json::to_string(&report)?);
-    } else {
-        println!("{text}");
+    if !env.vars.iter().any(|(k, _)| k == "HANGAR_TEST_MICROVM_ROOTFS") {
+        anyhow::bail!("no microVM test image (see the warning above)");
     }
-    Ok(())
+    // The measurement itself is `hangar bench microvm`, on the image just
+    // prepared (the newest `hangar-test` in the cache), in a release build.
+    crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let mut bench = Command::new(target.join("release").join("hangar"));
+    bench.args(["bench", "microvm", "--runs", &runs.to_string()]);
+    bench.arg("--cache").arg(super::cache_dir());
+    if json {
+        bench.arg("--json");
+    }
+    crate::run(&mut bench)
 }
 
 /// The host's target triple, named explicitly so that `RUSTFLAGS` apply to
