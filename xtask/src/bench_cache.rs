@@ -42,13 +42,9 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
         .context("npm clients could not be prepared")?;
     // HANGAR_BENCH_BIN: an already built `hangar` to measure instead (for
     // A/B runs of two builds back to back).
-    let hangar = if let Some(bin) = std::env::var_os("HANGAR_BENCH_BIN") {
-        PathBuf::from(bin)
-    } else {
-        crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
-        let target =
-            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-        target.join("release").join("hangar")
+    let hangar = match std::env::var_os("HANGAR_BENCH_BIN") {
+        Some(bin) => PathBuf::from(bin),
+        None => crate::release_hangar(root)?,
     };
 
     let work = tempfile_dir("hangar-bench-cache")?;
@@ -72,9 +68,7 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
         sync();
         let archive_size = tar_create(&src, &work.join("probe.tzst"))?.1;
 
-        let (mut saves, mut restores) = (Vec::new(), Vec::new());
-        let (mut save_cpu, mut restore_cpu) = (Vec::new(), Vec::new());
-        let (mut save_client_cpu, mut restore_client_cpu) = (Vec::new(), Vec::new());
+        let (mut save, mut restore) = (Samples::default(), Samples::default());
         for run in 0..runs {
             let key = format!("bench-{size}-{run}-{}", std::process::id());
             let ws = work.join(format!("ws-{size}-{run}"));
@@ -82,66 +76,58 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
             std::fs::hard_link(&file, ws.join("payload.bin"))
                 .or_else(|_| std::fs::copy(&file, ws.join("payload.bin")).map(drop))?;
             sync();
-            let (cpu0, client0) = (server.cpu_ticks()?, children_cpu_s()?);
-            let (ms, id) = client(&modules, &server.url, &ws, &work, &token, "save", &key)?;
-            save_cpu.push(server.cpu_ticks()? - cpu0);
-            save_client_cpu.push(children_cpu_s()? - client0);
+            let ticks0 = server.cpu_ticks()?;
+            let ((ms, id), cpu) =
+                with_cpu(|| client(&modules, &server.url, &ws, &work, &token, "save", &key))?;
+            save.server_ticks.push(server.cpu_ticks()? - ticks0);
+            save.client_cpu_s.push(cpu);
             if id.as_i64().unwrap_or(-1) <= 0 {
                 bail!("save of {label} failed: {id}");
             }
-            saves.push(ms / 1000.0);
+            save.client_s.push(ms / 1000.0);
             std::fs::remove_dir_all(&ws)?;
             std::fs::create_dir_all(&ws)?;
             sync();
-            let (cpu0, client0) = (server.cpu_ticks()?, children_cpu_s()?);
-            let (ms, matched) = client(&modules, &server.url, &ws, &work, &token, "restore", &key)?;
-            restore_cpu.push(server.cpu_ticks()? - cpu0);
-            restore_client_cpu.push(children_cpu_s()? - client0);
+            let ticks0 = server.cpu_ticks()?;
+            let ((ms, matched), cpu) =
+                with_cpu(|| client(&modules, &server.url, &ws, &work, &token, "restore", &key))?;
+            restore.server_ticks.push(server.cpu_ticks()? - ticks0);
+            restore.client_cpu_s.push(cpu);
             if matched.as_str() != Some(key.as_str()) {
                 bail!("restore of {label} missed: {matched}");
             }
             if !same_file(&file, &ws.join("payload.bin"))? {
                 bail!("restore of {label}: the restored file differs");
             }
-            restores.push(ms / 1000.0);
+            restore.client_s.push(ms / 1000.0);
             std::fs::remove_dir_all(&ws)?;
         }
-        let (mut creates, mut extracts) = (Vec::new(), Vec::new());
-        let (mut create_cpu, mut extract_cpu) = (Vec::new(), Vec::new());
         for _ in 0..runs {
             let archive = work.join("alone.tzst");
-            let cpu0 = children_cpu_s()?;
-            creates.push(tar_create(&src, &archive)?.0);
-            create_cpu.push(children_cpu_s()? - cpu0);
+            let (secs, cpu) = with_cpu(|| Ok(tar_create(&src, &archive)?.0))?;
+            save.alone_s.push(secs);
+            save.alone_cpu_s.push(cpu);
             let out = work.join("extract");
             let _ = std::fs::remove_dir_all(&out);
             std::fs::create_dir_all(&out)?;
-            let cpu0 = children_cpu_s()?;
-            extracts.push(tar_extract(&archive, &out)?);
-            extract_cpu.push(children_cpu_s()? - cpu0);
+            let (secs, cpu) = with_cpu(|| tar_extract(&archive, &out))?;
+            restore.alone_s.push(secs);
+            restore.alone_cpu_s.push(cpu);
             std::fs::remove_dir_all(&out)?;
             std::fs::remove_file(&archive)?;
         }
-        for (op, client_s, alone, cpu, client_cpu, alone_cpu) in [
-            ("save", &mut saves, &mut creates, &save_cpu, &mut save_client_cpu, &mut create_cpu),
-            (
-                "restore",
-                &mut restores,
-                &mut extracts,
-                &restore_cpu,
-                &mut restore_client_cpu,
-                &mut extract_cpu,
-            ),
-        ] {
-            let (lo, med, hi) = stats(client_s);
-            let alone_med = stats(alone).1;
+        for (op, samples) in [("save", &mut save), ("restore", &mut restore)] {
+            let (lo, med, hi) = stats(&mut samples.client_s);
+            let alone_med = stats(&mut samples.alone_s).1;
             let share = med - alone_med;
             #[allow(clippy::cast_precision_loss)]
             let mbps = if share > 0.0 { archive_size as f64 / share / 1e6 } else { f64::INFINITY };
-            let mut cpu_s: Vec<f64> = cpu.iter().map(|t| *t as f64 / clock_ticks()).collect();
+            let mut cpu_s: Vec<f64> =
+                samples.server_ticks.iter().map(|t| *t as f64 / clock_ticks()).collect();
             #[allow(clippy::cast_precision_loss)]
             let cpu_per_gib = stats(&mut cpu_s).1 / (archive_size as f64 / (1u64 << 30) as f64);
-            let (client_cpu, alone_cpu) = (stats(client_cpu).1, stats(alone_cpu).1);
+            let client_cpu = stats(&mut samples.client_cpu_s).1;
+            let alone_cpu = stats(&mut samples.alone_cpu_s).1;
             println!(
                 "| {label} | {op} | {lo:.2} / **{med:.2}** / {hi:.2} | {alone_med:.2} | {share:.2} | {mbps:.0} | {cpu_per_gib:.2} | {client_cpu:.2} | {alone_cpu:.2} |"
             );
@@ -158,6 +144,29 @@ pub(crate) fn run(root: &Path, runs: usize) -> Result<()> {
     drop(server);
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
+}
+
+/// One operation's measurements (save or restore), one entry per run.
+#[derive(Default)]
+struct Samples {
+    /// The client's own time for the call, in seconds.
+    client_s: Vec<f64>,
+    /// The client's tar/zstd command alone, in seconds.
+    alone_s: Vec<f64>,
+    /// The server's CPU time during the call, in clock ticks.
+    server_ticks: Vec<u64>,
+    /// CPU seconds of the client process and what it ran.
+    client_cpu_s: Vec<f64>,
+    /// CPU seconds of tar/zstd alone.
+    alone_cpu_s: Vec<f64>,
+}
+
+/// Runs `f` (which waits for the child processes it starts) and returns its
+/// result with the CPU seconds those children used.
+fn with_cpu<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
+    let before = children_cpu_s()?;
+    let value = f()?;
+    Ok((value, children_cpu_s()? - before))
 }
 
 fn tempfile_dir(name: &str) -> Result<PathBuf> {
@@ -181,7 +190,6 @@ fn stats(v: &mut [f64]) -> (f64, f64, f64) {
     (v[0], v[v.len() / 2], v[v.len() - 1])
 }
 
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when unknown).
 /// User + system CPU seconds of this process's waited-for children so far
 /// (node, and the tar/zstd it waited for), from `getrusage(RUSAGE_CHILDREN)`.
 fn children_cpu_s() -> Result<f64> {
@@ -195,6 +203,7 @@ fn children_cpu_s() -> Result<f64> {
     Ok(secs(usage.user_time()) + secs(usage.system_time()))
 }
 
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on Linux when unknown).
 fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")

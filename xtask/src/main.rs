@@ -118,6 +118,17 @@ pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     Ok(())
 }
 
+/// Cargo's target directory (`$CARGO_TARGET_DIR`, else `target/`).
+pub(crate) fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from)
+}
+
+/// Builds `hangar` in release mode and returns its path (the benchmarks).
+pub(crate) fn release_hangar(root: &Path) -> Result<PathBuf> {
+    run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
+    Ok(target_dir(root).join("release").join("hangar"))
+}
+
 fn project_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()

@@ -13,8 +13,8 @@
 //!   `trees/<hash of suite, mirror, packages>` because it is the slow part
 //!   and does not change when the agent does.
 //! - **Image**: the tree + the guest agent + its config + the runner,
-//!   packed with `mkfs.ext4 -d` (no journal) into a raw `rootfs.raw` (read-only from then
-//!   on: VMs get qcow2 overlays over it). Cached under
+//!   packed with `mkfs.ext4 -d` (no journal) into a raw `rootfs.raw`
+//!   (read-only from then on: VMs get qcow2 overlays over it). Cached under
 //!   `images/<name>-<hash of everything>`.
 //!
 //! - **Stock kernel fallback**: when Debian's kernel source is missing or
@@ -221,8 +221,7 @@ impl ImageSpec {
 
 /// How `rootfs.raw` is packed (part of the image's cache key). No journal:
 /// every VM writes to a throw-away overlay that no crash needs to recover,
-/// and without one the root mounts sooner at boot (~40 ms under TCG) and
-/// each write reaches the overlay once instead of twice.
+/// and without one each write reaches the overlay once instead of twice.
 const MKFS_ARGS: &[&str] = &["-q", "-F", "-L", "hangar-root", "-O", "^has_journal"];
 
 /// Builds (or finds in the cache) the image of `spec`, with `agent` as the

@@ -30,8 +30,7 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
     // The stand-in runner (debug; its debug info is stripped into the image).
     crate::run(Command::new("cargo").args(["build", "-q", "-p", "hangar-standin-runner"]))
         .context("building the stand-in runner")?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let target = crate::target_dir(root);
     let mut spec =
         ImageSpec::parse(TEST_SPEC, Path::new("crates/provider-microvm/images/test.toml"))?;
     // End-to-end tests run simulator jobs inside VMs with it.
@@ -105,10 +104,7 @@ pub(crate) fn bench_microvm(root: &Path, runs: usize, json: bool) -> Result<()> 
     }
     // The measurement itself is `hangar bench microvm`, on the image just
     // prepared (the newest `hangar-test` in the cache), in a release build.
-    crate::run(Command::new("cargo").args(["build", "--release", "--quiet", "-p", "hangar"]))?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let mut bench = Command::new(target.join("release").join("hangar"));
+    let mut bench = Command::new(crate::release_hangar(root)?);
     bench.args(["bench", "microvm", "--runs", &runs.to_string()]);
     bench.arg("--cache").arg(super::cache_dir());
     if json {
@@ -138,7 +134,5 @@ pub(crate) fn build_static_agent(root: &Path) -> Result<PathBuf> {
         AGENT_TARGET,
     ]))
     .context("building the guest agent")?;
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    Ok(target.join(AGENT_TARGET).join("release").join("hangar-guest-agent"))
+    Ok(crate::target_dir(root).join(AGENT_TARGET).join("release").join("hangar-guest-agent"))
 }
