@@ -19,10 +19,15 @@
 //!   and anything it started, and survives hangar being killed (its runner
 //!   keeps working; the restarted hangar finds it).
 //! - Destroy is idempotent: kill the group if alive, remove the directory.
+//!   The task that reaps a child writes `exit_code` through a handle on the
+//!   directory opened at launch, so a late write never lands in the
+//!   directory of a relaunch of the same runner id; a write that races the
+//!   removal makes destroy retry it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::time::Duration;
 
 use hangar_provider::{Health, Instance, InstanceState, Provider, ProviderError, RunnerSpec};
 use hangar_types::{RunnerId, Timestamp};
@@ -125,6 +130,15 @@ async fn alive(pid: u32, dir: &Path) -> bool {
     !zombie && cwd == dir
 }
 
+/// Writes `name` inside the directory `dir` was opened on, wherever that
+/// directory is now; fails if it has been removed. (`/proc/self/fd` stands
+/// in for `openat`; the provider is Linux-only anyway.)
+async fn write_in(dir: &std::fs::File, name: &str, contents: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let path = format!("/proc/self/fd/{}/{name}", dir.as_raw_fd());
+    tokio::fs::write(path, contents).await
+}
+
 fn launch_error(runner_id: &RunnerId, reason: &str, source: std::io::Error) -> ProviderError {
     ProviderError::Launch {
         runner_id: runner_id.clone(),
@@ -169,15 +183,16 @@ impl Provider for ProcessProvider {
         tokio::fs::write(dir.join(PID_FILE), pid.to_string())
             .await
             .map_err(|e| launch_error(id, "writing the pid file", e))?;
-        let exit_file = dir.join(EXIT_FILE);
+        let dir_handle = std::fs::File::open(&dir)
+            .map_err(|e| launch_error(id, "opening the work directory", e))?;
         let runner_id = id.clone();
         tokio::spawn(async move {
             let code = match child.wait().await {
                 Ok(status) => status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string()),
                 Err(_) => "unknown".to_owned(),
             };
-            // The directory is gone when the runner was destroyed; fine.
-            let _ = tokio::fs::write(&exit_file, &code).await;
+            // Fails when the runner was destroyed (its directory is gone); fine.
+            let _ = write_in(&dir_handle, EXIT_FILE, &code).await;
             tracing::debug!(runner_id = %runner_id, code = %code, "Runner process exited.");
         });
         Ok(Instance {
@@ -218,10 +233,20 @@ impl Provider for ProcessProvider {
                 });
             }
         }
-        match tokio::fs::remove_dir_all(&dir).await {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(destroy_error("removing the work directory", e)),
+        // The reaping task writes `exit_code` right after the kill; if that
+        // lands while the tree is being removed, the removal sees a non-empty
+        // directory. Another pass removes the late file.
+        let mut attempts = 0;
+        loop {
+            match tokio::fs::remove_dir_all(&dir).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty && attempts < 10 => {
+                    attempts += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(e) => return Err(destroy_error("removing the work directory", e)),
+            }
         }
     }
 

@@ -89,3 +89,25 @@ fn settings_are_checked() {
         ProcessProvider::from_settings(&table, std::path::Path::new("/tmp/x")).expect_err("typo");
     assert!(err.to_string().contains("comand"), "{err}");
 }
+
+/// The reaping task writes `exit_code` when a killed child is reaped; it
+/// used to race the removal of the directory (ENOTEMPTY) and could land in
+/// the directory of a relaunch, reporting a fresh runner as exited.
+#[tokio::test]
+async fn destroy_right_after_launch_never_races_the_reaper() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let p = provider(root.path(), "sleep 30");
+    let spec = conformance::spec("race");
+    for round in 0..50 {
+        p.launch(&spec).await.expect("launch");
+        p.destroy(&spec.runner_id).await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+        let relaunched = p.launch(&spec).await.expect("relaunch");
+        assert_eq!(relaunched.state, InstanceState::Running);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let listed = p.list().await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].state, InstanceState::Running, "round {round}: a stale exit code");
+        p.destroy(&spec.runner_id).await.unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+    }
+    assert!(p.list().await.expect("list").is_empty());
+}
