@@ -17,6 +17,7 @@
 //! orphan.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -44,7 +45,10 @@ pub struct Lifecycle {
     pub(crate) in_flight: Mutex<HashSet<String>>,
     pub(crate) launch_slots: Semaphore,
     pub(crate) teardown_slots: Semaphore,
+    /// When a job of each pool last ended (for `keep_warm`); read from the
+    /// store by the first activation, so it outlives a restart.
     pub(crate) last_completed: Mutex<HashMap<PoolName, Timestamp>>,
+    last_completed_loaded: AtomicBool,
     last_registration_scan: Mutex<Option<Instant>>,
     pub(crate) wake: Arc<Notify>,
     status: watch::Sender<Status>,
@@ -119,6 +123,7 @@ impl Lifecycle {
             providers,
             in_flight: Mutex::new(HashSet::new()),
             last_completed: Mutex::new(HashMap::new()),
+            last_completed_loaded: AtomicBool::new(false),
             last_registration_scan: Mutex::new(None),
             wake,
             status,
@@ -201,6 +206,22 @@ impl Lifecycle {
                 return None;
             }
         };
+        if !self.last_completed_loaded.load(Ordering::Acquire) {
+            match self.store.runner_last_job_end_by_pool().await {
+                Ok(ends) => {
+                    let mut last = lock(&self.last_completed);
+                    for (pool, at) in ends {
+                        let entry = last.entry(pool).or_insert(at);
+                        *entry = (*entry).max(at);
+                    }
+                    self.last_completed_loaded.store(true, Ordering::Release);
+                }
+                Err(e) => {
+                    errors.push(chain(&e));
+                    return None;
+                }
+            }
+        }
         let jobs = jobs
             .into_iter()
             .map(|active| {

@@ -178,6 +178,21 @@ impl Store {
         rows.iter().map(decode_runner).collect()
     }
 
+    /// For each pool, when its last runner that ran a job was torn down:
+    /// what `keep_warm` counts from, so a restart does not forget it.
+    pub async fn runner_last_job_end_by_pool(
+        &self,
+    ) -> Result<Vec<(PoolName, Timestamp)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT pool, MAX(gone_at_ms) AS at_ms FROM runners \
+             WHERE state = 'gone' AND job_id IS NOT NULL AND gone_at_ms IS NOT NULL GROUP BY pool",
+        )
+        .fetch_all(self.pool())
+        .await
+        .map_err(StoreError::query("reading the last job end per pool"))?;
+        Ok(rows.iter().map(|row| (PoolName(row.get("pool")), from_ms(row.get("at_ms")))).collect())
+    }
+
     /// How many runners are in each state.
     pub async fn runner_count_by_state(&self) -> Result<Vec<(RunnerState, i64)>, StoreError> {
         let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM runners GROUP BY state")

@@ -67,11 +67,15 @@ store_suite!(
     concurrent_deliveries_converge,
     runner_writes_follow_the_state_machine_and_generations,
     job_notes_and_active_jobs,
+    the_last_job_end_per_pool_survives_in_the_store,
 );
 
 #[path = "suite/runners.rs"]
 mod runners;
-use runners::{job_notes_and_active_jobs, runner_writes_follow_the_state_machine_and_generations};
+use runners::{
+    job_notes_and_active_jobs, runner_writes_follow_the_state_machine_and_generations,
+    the_last_job_end_per_pool_survives_in_the_store,
+};
 
 fn at(seconds: i64) -> Timestamp {
     Utc.timestamp_opt(1_750_000_000 + seconds, 0).single().expect("valid")

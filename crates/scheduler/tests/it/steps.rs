@@ -205,3 +205,27 @@ async fn orphan_instances_and_registrations_are_removed_busy_ones_kept() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn keep_warm_counts_from_the_last_job_in_the_store_after_a_restart() {
+    let mut warm = pool("linux", &["linux"], 4);
+    warm.keep_warm = Duration::from_secs(600);
+    let world = World::start(SimConfig::default(), config(), vec![warm], Runners::Fake).await;
+    // What an earlier hangar process left: a runner that ran a job, gone a
+    // minute ago. This process has seen no completion itself.
+    let mut ran = RunnerRecord::planned(
+        RunnerId::new(&linux(), 1),
+        linux(),
+        Some(JobId(7)),
+        chrono::Utc::now() - chrono::Duration::seconds(120),
+    );
+    ran.job = Some(JobId(7));
+    ran.state = RunnerState::Gone;
+    ran.gone_at = Some(chrono::Utc::now() - chrono::Duration::seconds(60));
+    world.store.runner_insert_batch(&[(ran, "ran job 7".into())]).await.expect("insert");
+
+    world.lifecycle.activate().await;
+    let live = world.store.runner_list_live().await.expect("list");
+    assert_eq!(live.len(), 1, "one warm runner is kept for the pool: {live:?}");
+    assert_eq!(live[0].for_job, None);
+}

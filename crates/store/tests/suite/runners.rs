@@ -53,6 +53,35 @@ pub(super) async fn runner_writes_follow_the_state_machine_and_generations(harne
         store.runner_event_list(&planned.id).await.unwrap().into_iter().map(|e| e.kind).collect();
     assert_eq!(kinds, ["created", "draining", "gone"]);
     assert_eq!(store.runner_list_for_job(JobId(7)).await.unwrap().len(), 1);
+    // It never took a job: keep_warm does not count from it.
+    assert!(store.runner_last_job_end_by_pool().await.unwrap().is_empty());
+}
+
+pub(super) async fn the_last_job_end_per_pool_survives_in_the_store(harness: &Harness) {
+    let store = open(harness).await;
+    // Pool `linux`: two runners that ran jobs, gone at 20 s and 30 s, and a
+    // live one; pool `gpu`: one that ran a job.
+    let mut rows = Vec::new();
+    for (n, pool, job, gone) in
+        [(1, "linux", 11, Some(20)), (2, "linux", 12, Some(30)), (3, "linux", 13, None)]
+            .into_iter()
+            .chain([(4, "gpu", 14, Some(25))])
+    {
+        let pool = PoolName(pool.into());
+        let mut r = RunnerRecord::planned(RunnerId::new(&pool, n), pool, Some(JobId(job)), at(1));
+        r.job = Some(JobId(job));
+        if let Some(gone) = gone {
+            r.state = RunnerState::Gone;
+            r.gone_at = Some(at(gone));
+        } else {
+            r.state = RunnerState::Busy;
+        }
+        rows.push((r, "test".to_owned()));
+    }
+    store.runner_insert_batch(&rows).await.unwrap();
+    let mut ends = store.runner_last_job_end_by_pool().await.unwrap();
+    ends.sort();
+    assert_eq!(ends, [(PoolName("gpu".into()), at(25)), (PoolName("linux".into()), at(30))]);
 }
 
 pub(super) async fn job_notes_and_active_jobs(harness: &Harness) {
