@@ -25,9 +25,11 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Prepare everything the tests need, run every test, then fmt, clippy and tidy.
+    /// With arguments, runs only the tests they select, and no lints.
     Test {
-        /// Arguments passed on to `cargo nextest run` (e.g. a test filter).
-        #[arg(trailing_var_arg = true)]
+        /// Arguments passed on to `cargo nextest run` (e.g. `-p hangar-cache`
+        /// or a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         nextest_args: Vec<String>,
     },
     /// Check the architecture invariants that a command can check.
@@ -92,6 +94,12 @@ fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
     nextest.args(nextest_args);
     nextest.envs(env.vars.iter().map(|(k, v)| (k, v)));
     run(&mut nextest).context("tests failed")?;
+    if !nextest_args.is_empty() {
+        eprintln!(
+            "xtask: a selection of tests passed (fmt, clippy and tidy run only without arguments)"
+        );
+        return Ok(());
+    }
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"])).context("cargo fmt")?;
     run(Command::new("cargo").args([
         "clippy",
