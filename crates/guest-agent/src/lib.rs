@@ -22,6 +22,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub mod prewarm;
 pub mod users;
 
 /// The virtio-serial port name the agent looks for under

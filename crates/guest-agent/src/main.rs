@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use hangar_guest_agent::prewarm;
 use hangar_guest_agent::users::{self, Account};
 use hangar_guest_agent::{
     AgentConfig, CONFIG_PATH, GuestMessage, HostMessage, JIT_CONFIG_MARKER, PORT_NAME, encode_line,
@@ -72,6 +73,10 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     // Everything the runner's start needs that does not depend on the spec
     // is looked up now, so a pre-booted VM's dispatch is only fork + exec.
     let user = runner_account(&config.runner_user)?;
+    // The dispatch's exec should not wait for the disk (see `prewarm`).
+    if let Some(program) = config.runner_command.first() {
+        prewarm::prewarm(Path::new(program));
+    }
 
     let port_path = find_port(Duration::from_secs(10))?;
     let port = OpenOptions::new()
