@@ -73,10 +73,6 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     // Everything the runner's start needs that does not depend on the spec
     // is looked up now, so a pre-booted VM's dispatch is only fork + exec.
     let user = runner_account(&config.runner_user)?;
-    // The dispatch's exec should not wait for the disk (see `prewarm`).
-    if let Some(program) = config.runner_command.first() {
-        prewarm::prewarm(Path::new(program));
-    }
 
     let port_path = find_port(Duration::from_secs(10))?;
     let port = OpenOptions::new()
@@ -89,6 +85,13 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     network.join().map_err(|_| "the network thread panicked".to_owned())??;
     send(&mut writer, &GuestMessage::Ready)?;
     log("ready");
+    // The dispatch's exec should not wait for the disk (see `prewarm`).
+    // Finding the files reads their headers, so it comes after `ready`: a
+    // pre-booted VM does it while idle, and a spec that is already waiting
+    // loses nothing, as its exec would read the same blocks.
+    if let Some(program) = config.runner_command.first() {
+        prewarm::prewarm(Path::new(program));
+    }
 
     let mut reader = BufReader::new(port);
     let (runner_id, jit_config, env, now) = loop {

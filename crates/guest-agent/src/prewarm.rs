@@ -4,9 +4,11 @@
 //! command. When that program has never been read, the exec waits for the
 //! disk several times: the program (a `#!` script, like the Actions
 //! runner's `run.sh`), then its interpreter, then the interpreter's dynamic
-//! loader. Under emulation each of those reads costs milliseconds. The agent
-//! asks the kernel to read these files ahead (`POSIX_FADV_WILLNEED`, which
-//! does not wait) while it boots, so the exec finds them in memory.
+//! loader. Under emulation each of those reads costs milliseconds. Once it
+//! has said `ready`, the agent asks the kernel to read these files ahead
+//! (`POSIX_FADV_WILLNEED`, which does not wait), so the exec finds them in
+//! memory. Finding them reads their first bytes, which is why this does not
+//! come before `ready`.
 
 use std::fs::File;
 use std::os::fd::AsRawFd as _;
