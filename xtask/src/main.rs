@@ -34,7 +34,10 @@ enum Cmd {
     },
     /// Check the architecture invariants that a command can check.
     Tidy,
-    /// Only prepare what the tests need; print the environment as `export` lines.
+    /// Only prepare what the tests need (packages, npm modules, the microVM
+    /// image); print the environment as `export` lines. The throw-away
+    /// servers stop when it exits: `cargo xtask test ARGS` runs a selection
+    /// of tests against them.
     Prepare,
     /// `bench microvm --runs N --json` (same as `hangar bench microvm`).
     Bench {
