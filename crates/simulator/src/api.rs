@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
-use axum::extract::{MatchedPath, Path, Query, RawQuery, Request, State};
+use axum::extract::{FromRequestParts, MatchedPath, Path, Query, RawQuery, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::{Next, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
@@ -31,25 +32,19 @@ type Sh = State<Arc<Shared>>;
 
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     let rest = Router::new()
-        .route("/orgs/{org}/actions/runners/generate-jitconfig", post(org_jit))
-        .route("/repos/{owner}/{repo}/actions/runners/generate-jitconfig", post(repo_jit))
-        .route("/orgs/{org}/actions/runners", get(org_runner_list))
-        .route("/repos/{owner}/{repo}/actions/runners", get(repo_runner_list))
-        .route(
-            "/orgs/{org}/actions/runners/{runner_id}",
-            get(org_runner_get).delete(org_runner_delete),
-        )
+        .route("/orgs/{org}/actions/runners/generate-jitconfig", post(jit))
+        .route("/repos/{owner}/{repo}/actions/runners/generate-jitconfig", post(jit))
+        .route("/orgs/{org}/actions/runners", get(runner_list))
+        .route("/repos/{owner}/{repo}/actions/runners", get(runner_list))
+        .route("/orgs/{org}/actions/runners/{runner_id}", get(runner_get).delete(runner_delete))
         .route(
             "/repos/{owner}/{repo}/actions/runners/{runner_id}",
-            get(repo_runner_get).delete(repo_runner_delete),
+            get(runner_get).delete(runner_delete),
         )
-        .route("/orgs/{org}/actions/runners/registration-token", post(org_registration_token))
-        .route("/orgs/{org}/actions/runners/remove-token", post(org_registration_token))
-        .route(
-            "/repos/{owner}/{repo}/actions/runners/registration-token",
-            post(repo_registration_token),
-        )
-        .route("/repos/{owner}/{repo}/actions/runners/remove-token", post(repo_registration_token))
+        .route("/orgs/{org}/actions/runners/registration-token", post(registration_token))
+        .route("/orgs/{org}/actions/runners/remove-token", post(registration_token))
+        .route("/repos/{owner}/{repo}/actions/runners/registration-token", post(registration_token))
+        .route("/repos/{owner}/{repo}/actions/runners/remove-token", post(registration_token))
         .route("/orgs/{org}/actions/runner-groups", get(runner_group_list))
         .route("/repos/{owner}/{repo}/actions/runs", get(run_list))
         .route("/repos/{owner}/{repo}/actions/runs/{run_id}/jobs", get(run_job_list))
@@ -57,8 +52,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/installation/repositories", get(installation_repository_list))
         .route("/rate_limit", get(rate_limit_get))
         .route("/app/installations", get(app_installation_list))
-        .route("/orgs/{org}/installation", get(org_installation_get))
-        .route("/repos/{owner}/{repo}/installation", get(repo_installation_get))
+        .route("/orgs/{org}/installation", get(installation_get))
+        .route("/repos/{owner}/{repo}/installation", get(installation_get))
         .route("/app/installations/{installation_id}/access_tokens", post(access_token_create))
         .route("/app/hook/deliveries", get(hook_delivery_list))
         .route("/app/hook/deliveries/{delivery_id}/attempts", post(hook_delivery_redeliver))
@@ -291,12 +286,73 @@ fn auth_jwt(shared: &Shared, headers: &HeaderMap) -> Result<(), Response> {
     Ok(())
 }
 
-macro_rules! guard {
-    ($e:expr) => {
-        if let Err(response) = $e {
-            return response;
+/// A caller with an installation token or a PAT; a handler that takes this
+/// runs only after the check (401 otherwise, before any 404).
+struct Token;
+
+impl FromRequestParts<Arc<Shared>> for Token {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Response> {
+        auth_token(shared, &parts.headers).map(|()| Token)
+    }
+}
+
+/// A caller authenticated as the App, by its JWT.
+struct AppJwt;
+
+impl FromRequestParts<Arc<Shared>> for AppJwt {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Response> {
+        auth_jwt(shared, &parts.headers).map(|()| AppJwt)
+    }
+}
+
+/// The account an endpoint is under, `/orgs/{org}/…` or
+/// `/repos/{owner}/{repo}/…`, one the simulator knows (404 otherwise): one
+/// handler serves both forms, as on GitHub.
+struct Owner(Scope);
+
+#[derive(Debug, Deserialize)]
+struct OwnerPath {
+    org: Option<String>,
+    owner: Option<String>,
+    repo: Option<String>,
+}
+
+impl FromRequestParts<Arc<Shared>> for Owner {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, shared: &Arc<Shared>) -> Result<Self, Response> {
+        let not_found = || error(StatusCode::NOT_FOUND, "Not Found");
+        let Path(path) =
+            Path::<OwnerPath>::from_request_parts(parts, shared).await.map_err(|_| not_found())?;
+        match path {
+            OwnerPath { org: Some(org), .. } if known_org(shared, &org) => {
+                Ok(Owner(Scope::Org(org)))
+            }
+            OwnerPath { owner: Some(owner), repo: Some(repo), .. } => {
+                let full = format!("{owner}/{repo}");
+                if known_repo(shared, &full) {
+                    Ok(Owner(Scope::Repo(full)))
+                } else {
+                    Err(not_found())
+                }
+            }
+            _ => Err(not_found()),
         }
-    };
+    }
+}
+
+impl Owner {
+    /// The path prefix the account's endpoints share.
+    fn prefix(&self) -> String {
+        match &self.0 {
+            Scope::Org(org) => format!("/orgs/{org}"),
+            Scope::Repo(full) => format!("/repos/{full}"),
+        }
+    }
 }
 
 // ---- pagination ---------------------------------------------------------------
@@ -404,35 +460,13 @@ struct JitBody {
     work_folder: Option<String>,
 }
 
-async fn org_jit(
+async fn jit(
     State(shared): Sh,
-    Path(org): Path<String>,
-    headers: HeaderMap,
+    _: Token,
+    Owner(scope): Owner,
     body: axum::body::Bytes,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
-    if !known_org(&shared, &org) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    jit(&shared, Scope::Org(org), &body)
-}
-
-async fn repo_jit(
-    State(shared): Sh,
-    Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: axum::body::Bytes,
-) -> Response {
-    guard!(auth_token(&shared, &headers));
-    let full = format!("{owner}/{repo}");
-    if !known_repo(&shared, &full) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    jit(&shared, Scope::Repo(full), &body)
-}
-
-fn jit(shared: &Arc<Shared>, scope: Scope, body: &[u8]) -> Response {
-    let body: JitBody = match serde_json::from_slice(body) {
+    let body: JitBody = match serde_json::from_slice(&body) {
         Ok(body) => body,
         Err(e) => return error(StatusCode::BAD_REQUEST, &format!("Problems parsing JSON: {e}")),
     };
@@ -497,122 +531,63 @@ fn jit(shared: &Arc<Shared>, scope: Scope, body: &[u8]) -> Response {
 
 /// Registration and remove tokens (the non-JIT path): the simulator hands
 /// them out with GitHub's shape; its runners only use JIT configs.
-fn registration_token(shared: &Shared) -> Response {
+async fn registration_token(State(shared): Sh, _: Token, _: Owner) -> Response {
     let token = format!("SIMREG{:026X}", shared.lock().rng.random::<u128>() >> 24);
     let expires_at = Utc::now() + Duration::from_secs(3600);
     (StatusCode::CREATED, Json(json!({ "token": token, "expires_at": ts(expires_at) })))
         .into_response()
 }
 
-async fn org_registration_token(
+async fn runner_list(
     State(shared): Sh,
-    Path(org): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_token(&shared, &headers));
-    if !known_org(&shared, &org) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    registration_token(&shared)
-}
-
-async fn repo_registration_token(
-    State(shared): Sh,
-    Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_token(&shared, &headers));
-    if !known_repo(&shared, &format!("{owner}/{repo}")) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    registration_token(&shared)
-}
-
-fn runner_list(
-    shared: &Shared,
-    scope: &Scope,
-    path: &str,
-    raw: Option<&str>,
-    q: &PageQuery,
+    _: Token,
+    owner: Owner,
+    Query(q): Query<PageQuery>,
+    RawQuery(raw): RawQuery,
 ) -> Response {
     let runners: Vec<Value> = {
         let state = shared.lock();
         state
             .runners
             .values()
-            .filter(|r| r.scope == *scope && q.name.as_ref().is_none_or(|n| *n == r.name))
+            .filter(|r| r.scope == owner.0 && q.name.as_ref().is_none_or(|n| *n == r.name))
             .map(runner_json)
             .collect()
     };
     let total = runners.len();
-    let (page, link) = paginate(shared, path, raw, q, runners);
+    let path = format!("{}/actions/runners", owner.prefix());
+    let (page, link) = paginate(&shared, &path, raw.as_deref(), &q, runners);
     with_link(StatusCode::OK, json!({ "total_count": total, "runners": page }), link)
 }
 
-async fn org_runner_list(
-    State(shared): Sh,
-    Path(org): Path<String>,
-    Query(q): Query<PageQuery>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_token(&shared, &headers));
-    if !known_org(&shared, &org) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    runner_list(
-        &shared,
-        &Scope::Org(org.clone()),
-        &format!("/orgs/{org}/actions/runners"),
-        raw.as_deref(),
-        &q,
-    )
+#[derive(Debug, Deserialize)]
+struct RunnerPath {
+    runner_id: i64,
 }
 
-async fn repo_runner_list(
+async fn runner_get(
     State(shared): Sh,
-    Path((owner, repo)): Path<(String, String)>,
-    Query(q): Query<PageQuery>,
-    RawQuery(raw): RawQuery,
-    headers: HeaderMap,
+    _: Token,
+    Owner(scope): Owner,
+    Path(RunnerPath { runner_id }): Path<RunnerPath>,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
-    let full = format!("{owner}/{repo}");
-    let path = format!("/repos/{full}/actions/runners");
-    runner_list(&shared, &Scope::Repo(full), &path, raw.as_deref(), &q)
-}
-
-fn runner_get(shared: &Shared, scope: &Scope, id: i64) -> Response {
     let state = shared.lock();
-    match state.runners.get(&id) {
-        Some(runner) if runner.scope == *scope => {
+    match state.runners.get(&runner_id) {
+        Some(runner) if runner.scope == scope => {
             (StatusCode::OK, Json(runner_json(runner))).into_response()
         }
         _ => error(StatusCode::NOT_FOUND, "Not Found"),
     }
 }
 
-async fn org_runner_get(
+async fn runner_delete(
     State(shared): Sh,
-    Path((org, id)): Path<(String, i64)>,
-    headers: HeaderMap,
+    _: Token,
+    Owner(scope): Owner,
+    Path(RunnerPath { runner_id }): Path<RunnerPath>,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
-    runner_get(&shared, &Scope::Org(org), id)
-}
-
-async fn repo_runner_get(
-    State(shared): Sh,
-    Path((owner, repo, id)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_token(&shared, &headers));
-    runner_get(&shared, &Scope::Repo(format!("{owner}/{repo}")), id)
-}
-
-fn runner_delete(shared: &Arc<Shared>, scope: &Scope, id: i64) -> Response {
-    let name = shared.lock().runners.get(&id).map(|r| r.name.clone()).unwrap_or_default();
-    match shared.runner_delete(scope, id) {
+    let name = shared.lock().runners.get(&runner_id).map(|r| r.name.clone()).unwrap_or_default();
+    match shared.runner_delete(&scope, runner_id) {
         Some(true) => StatusCode::NO_CONTENT.into_response(),
         Some(false) => error(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -622,35 +597,14 @@ fn runner_delete(shared: &Arc<Shared>, scope: &Scope, id: i64) -> Response {
     }
 }
 
-async fn org_runner_delete(
-    State(shared): Sh,
-    Path((org, id)): Path<(String, i64)>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_token(&shared, &headers));
-    runner_delete(&shared, &Scope::Org(org), id)
-}
-
-async fn repo_runner_delete(
-    State(shared): Sh,
-    Path((owner, repo, id)): Path<(String, String, i64)>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_token(&shared, &headers));
-    runner_delete(&shared, &Scope::Repo(format!("{owner}/{repo}")), id)
-}
-
 async fn runner_group_list(
     State(shared): Sh,
-    Path(org): Path<String>,
+    _: Token,
+    owner: Owner,
     Query(q): Query<PageQuery>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
-    if !known_org(&shared, &org) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
+    let Scope::Org(org) = &owner.0 else { return error(StatusCode::NOT_FOUND, "Not Found") };
     let server = shared.server_url();
     let groups = vec![json!({
         "id": 1,
@@ -699,16 +653,12 @@ fn run_status(state: &crate::state::State, run_id: i64) -> &'static str {
 
 async fn run_list(
     State(shared): Sh,
-    Path((owner, repo)): Path<(String, String)>,
+    _: Token,
+    owner: Owner,
     Query(q): Query<PageQuery>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
-    let full = format!("{owner}/{repo}");
-    if !known_repo(&shared, &full) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
+    let Scope::Repo(full) = &owner.0 else { return error(StatusCode::NOT_FOUND, "Not Found") };
     let server = shared.server_url();
     let runs: Vec<Value> = {
         let state = shared.lock();
@@ -716,7 +666,7 @@ async fn run_list(
             .runs
             .iter()
             .rev()
-            .filter(|(_, run)| run.repo == full)
+            .filter(|(_, run)| run.repo == *full)
             .map(|(id, run)| (id, run, run_status(&state, *id)))
             .filter(|(_, _, status)| q.status.as_deref().is_none_or(|want| want == *status))
             .map(|(id, run, status)| {
@@ -754,8 +704,8 @@ async fn run_list(
                         "author": { "name": "Simulated User", "email": "sim@example.com" },
                         "committer": { "name": "Simulated User", "email": "sim@example.com" }
                     },
-                    "repository": repository_json(&full),
-                    "head_repository": repository_json(&full),
+                    "repository": repository_json(full),
+                    "head_repository": repository_json(full),
                 })
             })
             .collect()
@@ -768,12 +718,11 @@ async fn run_list(
 
 async fn run_job_list(
     State(shared): Sh,
+    _: Token,
     Path((owner, repo, run_id)): Path<(String, String, i64)>,
     Query(q): Query<PageQuery>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
     let full = format!("{owner}/{repo}");
     let server = shared.server_url();
     let jobs: Vec<Value> = {
@@ -795,10 +744,9 @@ async fn run_job_list(
 
 async fn job_get(
     State(shared): Sh,
+    _: Token,
     Path((owner, repo, job_id)): Path<(String, String, i64)>,
-    headers: HeaderMap,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
     let full = format!("{owner}/{repo}");
     let server = shared.server_url();
     let state = shared.lock();
@@ -812,11 +760,10 @@ async fn job_get(
 
 async fn installation_repository_list(
     State(shared): Sh,
+    _: Token,
     Query(q): Query<PageQuery>,
     RawQuery(raw): RawQuery,
-    headers: HeaderMap,
 ) -> Response {
-    guard!(auth_token(&shared, &headers));
     let repos: Vec<Value> = shared.lock().config.repos.iter().map(|r| repository_json(r)).collect();
     let total = repos.len();
     let (page, link) = paginate(&shared, "/installation/repositories", raw.as_deref(), &q, repos);
@@ -827,8 +774,7 @@ async fn installation_repository_list(
     )
 }
 
-async fn rate_limit_get(State(shared): Sh, headers: HeaderMap) -> Response {
-    guard!(auth_token(&shared, &headers));
+async fn rate_limit_get(State(shared): Sh, _: Token) -> Response {
     let (limit, remaining, used, reset) = shared.lock().rate_headers();
     let core = json!({ "limit": limit, "remaining": remaining, "used": used, "reset": reset });
     Json(json!({
@@ -886,41 +832,19 @@ fn installation_json(shared: &Shared) -> Value {
     })
 }
 
-async fn app_installation_list(State(shared): Sh, headers: HeaderMap) -> Response {
-    guard!(auth_jwt(&shared, &headers));
+async fn app_installation_list(State(shared): Sh, _: AppJwt) -> Response {
     Json(json!([installation_json(&shared)])).into_response()
 }
 
-async fn org_installation_get(
-    State(shared): Sh,
-    Path(org): Path<String>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_jwt(&shared, &headers));
-    if !known_org(&shared, &org) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
-    Json(installation_json(&shared)).into_response()
-}
-
-async fn repo_installation_get(
-    State(shared): Sh,
-    Path((owner, repo)): Path<(String, String)>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_jwt(&shared, &headers));
-    if !known_repo(&shared, &format!("{owner}/{repo}")) {
-        return error(StatusCode::NOT_FOUND, "Not Found");
-    }
+async fn installation_get(State(shared): Sh, _: AppJwt, _: Owner) -> Response {
     Json(installation_json(&shared)).into_response()
 }
 
 async fn access_token_create(
     State(shared): Sh,
+    _: AppJwt,
     Path(installation): Path<i64>,
-    headers: HeaderMap,
 ) -> Response {
-    guard!(auth_jwt(&shared, &headers));
     let mut state = shared.lock();
     if installation != state.config.installation_id {
         return error(StatusCode::NOT_FOUND, "Not Found");
@@ -946,12 +870,7 @@ async fn access_token_create(
         .into_response()
 }
 
-async fn hook_delivery_list(
-    State(shared): Sh,
-    Query(q): Query<PageQuery>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_jwt(&shared, &headers));
+async fn hook_delivery_list(State(shared): Sh, _: AppJwt, Query(q): Query<PageQuery>) -> Response {
     let per_page = q.per_page.unwrap_or(30).clamp(1, 100);
     let before = q.cursor.as_deref().and_then(|c| c.parse::<i64>().ok()).unwrap_or(i64::MAX);
     let (items, more, installation) = {
@@ -1005,12 +924,7 @@ async fn hook_delivery_list(
     with_link(StatusCode::OK, Value::Array(body), link)
 }
 
-async fn hook_delivery_redeliver(
-    State(shared): Sh,
-    Path(id): Path<i64>,
-    headers: HeaderMap,
-) -> Response {
-    guard!(auth_jwt(&shared, &headers));
+async fn hook_delivery_redeliver(State(shared): Sh, _: AppJwt, Path(id): Path<i64>) -> Response {
     let planned = {
         let mut state = shared.lock();
         if !state.deliveries.contains_key(&id) {
