@@ -18,7 +18,7 @@
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Store, StoreError};
+use crate::{AnyQuery, Store, StoreError};
 
 /// Unix milliseconds.
 pub(crate) type Millis = i64;
@@ -155,15 +155,20 @@ impl Store {
         }
     }
 
+    /// Runs a query of at most one row of `COLUMNS`.
+    async fn entry_one(
+        &self,
+        op: &'static str,
+        query: AnyQuery<'_>,
+    ) -> Result<Option<CacheEntry>, StoreError> {
+        let row = query.fetch_optional(self.pool()).await.map_err(StoreError::query(op))?;
+        row.as_ref().map(entry_from).transpose().map_err(StoreError::query(op))
+    }
+
     pub async fn cache_entry_get(&self, id: i64) -> Result<Option<CacheEntry>, StoreError> {
         let op = "reading a cache entry";
         let sql = format!("SELECT {COLUMNS} FROM cache_entries WHERE id = $1");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StoreError::query(op))?;
-        row.as_ref().map(entry_from).transpose().map_err(StoreError::query(op))
+        self.entry_one(op, sqlx::query(&sql).bind(id)).await
     }
 
     /// Uploading → Ready. False (and nothing changes) unless it was `Uploading`.
@@ -203,15 +208,15 @@ impl Store {
             "SELECT {COLUMNS} FROM cache_entries \
              WHERE repository_id = $1 AND scope = $2 AND key_norm = $3 AND version = $4"
         );
-        let row = sqlx::query(&sql)
-            .bind(repository_id)
-            .bind(scope)
-            .bind(cache_key_norm(key))
-            .bind(version)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StoreError::query(op))?;
-        row.as_ref().map(entry_from).transpose().map_err(StoreError::query(op))
+        self.entry_one(
+            op,
+            sqlx::query(&sql)
+                .bind(repository_id)
+                .bind(scope)
+                .bind(cache_key_norm(key))
+                .bind(version),
+        )
+        .await
     }
 
     /// The most recently committed `Ready` entry whose key starts with `prefix`.
@@ -230,18 +235,18 @@ impl Store {
              AND substr(key_norm, 1, $5) = $6 \
              ORDER BY committed_at_ms DESC, id DESC LIMIT 1"
         );
-        let row = sqlx::query(&sql)
-            .bind(repository_id)
-            .bind(scope)
-            .bind(version)
-            .bind(CacheEntryState::Ready.as_str())
-            // An INTEGER, not a BIGINT: PostgreSQL has no substr(text, int, bigint).
-            .bind(i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX))
-            .bind(&prefix)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StoreError::query(op))?;
-        row.as_ref().map(entry_from).transpose().map_err(StoreError::query(op))
+        self.entry_one(
+            op,
+            sqlx::query(&sql)
+                .bind(repository_id)
+                .bind(scope)
+                .bind(version)
+                .bind(CacheEntryState::Ready.as_str())
+                // An INTEGER, not a BIGINT: PostgreSQL has no substr(text, int, bigint).
+                .bind(i32::try_from(prefix.chars().count()).unwrap_or(i32::MAX))
+                .bind(&prefix),
+        )
+        .await
     }
 
     /// Marks an entry used at `now` (never moving back), counting a hit if
@@ -272,12 +277,7 @@ impl Store {
     pub async fn cache_entry_delete(&self, id: i64) -> Result<Option<CacheEntry>, StoreError> {
         let op = "deleting a cache entry";
         let sql = format!("DELETE FROM cache_entries WHERE id = $1 RETURNING {COLUMNS}");
-        let row = sqlx::query(&sql)
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(StoreError::query(op))?;
-        row.as_ref().map(entry_from).transpose().map_err(StoreError::query(op))
+        self.entry_one(op, sqlx::query(&sql).bind(id)).await
     }
 
     /// All entries (of one repository if given), least recently used first.

@@ -35,6 +35,9 @@ use std::time::Duration;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, ConnectOptions, Executor};
 
+/// A query with its binds, for either backend.
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
 pub use cache::{CacheEntry, CacheEntryState, CacheRepoStats, NewCacheEntry, cache_key_norm};
 pub use error::StoreError;
 pub use jobs::{DeliveryOutcome, DeliveryRecord, JobFilter, JobPage, NewDelivery};

@@ -11,7 +11,7 @@ use hangar_types::{JobId, JobRecord, PoolName, RunnerId, RunnerRecord, RunnerSta
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
-use crate::{Store, StoreError, from_ms, to_ms};
+use crate::{AnyQuery, Store, StoreError, from_ms, to_ms};
 
 /// The scheduler's notes on one job.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -388,8 +388,6 @@ fn decode_runner(row: &AnyRow) -> Result<RunnerRecord, StoreError> {
         gone_at: ms("gone_at_ms"),
     })
 }
-
-type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
 
 fn insert_query(runner: &RunnerRecord) -> AnyQuery<'_> {
     sqlx::query(
