@@ -25,22 +25,35 @@ fn queue(world: &World, n: usize) -> Vec<i64> {
         .collect()
 }
 
-/// Webhooks through hangar's real intake; recovery polling runs too (it
-/// finds nothing to do when no webhook is lost).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_hundred_jobs_across_two_pools_complete_and_nothing_is_left() {
+/// Starts hangar (webhook intake and recovery polling on) against a
+/// simulator with `faults` and `app` auth if given, queues `n` jobs on two
+/// pools and waits until every one has completed.
+async fn complete_under(
+    faults: Faults,
+    app: Option<hangar_simulator::AppKeyPair>,
+    n: usize,
+    within: Duration,
+) -> World {
     let mut world = World::start_with(
-        SimConfig::default(),
+        SimConfig { faults, ..SimConfig::default() },
         config(),
         two_pools(),
         Runners::Process,
         true,
-        None,
+        app,
     )
     .await;
-    let jobs = queue(&world, 200);
+    let jobs = queue(&world, n);
     world.run(true);
-    world.wait_all_completed(&jobs, Duration::from_secs(240)).await;
+    world.wait_all_completed(&jobs, within).await;
+    world
+}
+
+/// Webhooks through hangar's real intake; recovery polling runs too (it
+/// finds nothing to do when no webhook is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_jobs_across_two_pools_complete_and_nothing_is_left() {
+    let world = complete_under(Faults::default(), None, 200, Duration::from_secs(240)).await;
     world.wait_nothing_left(Duration::from_secs(90)).await;
     let counters = world.sim.counters();
     assert_eq!(counters.jobs_completed, 200);
@@ -63,18 +76,7 @@ async fn with_thirty_percent_of_webhooks_lost_every_job_completes() {
         webhook_duplicate: 0.1,
         ..Faults::default()
     };
-    let mut world = World::start_with(
-        SimConfig { faults, ..SimConfig::default() },
-        config(),
-        two_pools(),
-        Runners::Process,
-        true,
-        None,
-    )
-    .await;
-    let jobs = queue(&world, 60);
-    world.run(true);
-    world.wait_all_completed(&jobs, Duration::from_secs(180)).await;
+    let world = complete_under(faults, None, 60, Duration::from_secs(180)).await;
     world.wait_nothing_left(Duration::from_secs(90)).await;
 }
 
@@ -89,18 +91,7 @@ async fn api_failures_timeouts_and_rate_limits_do_not_lose_jobs_or_leak() {
         api_lost_response: 0.05,
         ..Faults::default()
     };
-    let mut world = World::start_with(
-        SimConfig { faults, ..SimConfig::default() },
-        config(),
-        two_pools(),
-        Runners::Process,
-        true,
-        None,
-    )
-    .await;
-    let jobs = queue(&world, 40);
-    world.run(true);
-    world.wait_all_completed(&jobs, Duration::from_secs(180)).await;
+    let world = complete_under(faults, None, 40, Duration::from_secs(180)).await;
     world.sim.faults_set(Faults::default());
     world.wait_nothing_left(Duration::from_secs(90)).await;
 }
@@ -172,18 +163,8 @@ async fn a_stolen_runner_is_recorded_and_its_job_still_gets_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_app_auth_failed_deliveries_are_redelivered() {
     let faults = Faults { webhook_drop: 0.5, ..Faults::default() };
-    let mut world = World::start_with(
-        SimConfig { faults, ..SimConfig::default() },
-        config(),
-        two_pools(),
-        Runners::Process,
-        true,
-        Some(hangar_simulator::app_key_generate()),
-    )
-    .await;
-    let jobs = queue(&world, 12);
-    world.run(true);
-    world.wait_all_completed(&jobs, Duration::from_secs(120)).await;
+    let app = Some(hangar_simulator::app_key_generate());
+    let world = complete_under(faults, app, 12, Duration::from_secs(120)).await;
     world.wait_nothing_left(Duration::from_secs(90)).await;
     let counters = world.sim.counters();
     assert!(counters.redeliveries > 0, "{counters:?}");
