@@ -35,10 +35,15 @@ enum Cmd {
     /// Check the architecture invariants that a command can check.
     Tidy,
     /// Only prepare what the tests need (packages, npm modules, the microVM
-    /// image); print the environment as `export` lines. The throw-away
-    /// servers stop when it exits: `cargo xtask test ARGS` runs a selection
-    /// of tests against them.
-    Prepare,
+    /// image) and print, as `export` lines, the variables that outlive it.
+    /// The throw-away servers stop when it exits: `cargo xtask test ARGS`
+    /// runs a selection of tests against them, or `--hold` keeps them.
+    Prepare {
+        /// Keep PostgreSQL and the S3 server running, print their variables
+        /// too, and stop them when stdin reaches a newline or its end.
+        #[arg(long)]
+        hold: bool,
+    },
     /// `bench microvm --runs N --json` (same as `hangar bench microvm`).
     Bench {
         /// What to measure: `microvm`.
@@ -71,12 +76,24 @@ fn main() -> Result<()> {
             "microvm" => prepare::images::bench_microvm(&root, runs, json),
             other => anyhow::bail!("unknown benchmark {other:?} (known: microvm)"),
         },
-        Cmd::Prepare => {
+        Cmd::Prepare { hold } => {
             let env = prepare::all(&root)?;
-            for (k, v) in &env.vars {
+            let printed: Vec<_> =
+                if hold { env.all_vars().collect() } else { env.vars.iter().collect() };
+            for (k, v) in printed {
                 println!("export {k}={v:?}");
             }
-            // Servers started for the tests stop here; `cargo xtask test` keeps them.
+            if hold {
+                eprintln!("xtask: the servers run until a newline or the end of stdin");
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+            } else if !env.server_vars.is_empty() {
+                let names: Vec<&str> = env.server_vars.iter().map(|(k, _)| k.as_str()).collect();
+                eprintln!(
+                    "xtask: not printed, as their servers stop now: {} (use --hold, or `cargo xtask test ARGS`)",
+                    names.join(" ")
+                );
+            }
             drop(env);
             Ok(())
         }
@@ -95,7 +112,7 @@ fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
     // in full when nextest lists tests); `cargo bench` runs them.
     nextest.args(["nextest", "run", "--workspace", "--lib", "--bins", "--tests", "--no-fail-fast"]);
     nextest.args(nextest_args);
-    nextest.envs(env.vars.iter().map(|(k, v)| (k, v)));
+    nextest.envs(env.all_vars().map(|(k, v)| (k, v)));
     run(&mut nextest).context("tests failed")?;
     if !nextest_args.is_empty() {
         eprintln!(

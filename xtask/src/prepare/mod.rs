@@ -24,9 +24,19 @@ use anyhow::Result;
 /// Environment for the tests, and the processes that must outlive them.
 #[derive(Default)]
 pub(crate) struct TestEnv {
+    /// Variables that stay true after this process exits (paths in the cache).
     pub(crate) vars: Vec<(String, String)>,
+    /// Variables that point at a server in `guards`: true only while it lives.
+    pub(crate) server_vars: Vec<(String, String)>,
     /// Dropped after the tests: stops servers, removes temporary data.
     pub(crate) guards: Vec<Box<dyn std::any::Any>>,
+}
+
+impl TestEnv {
+    /// Every variable, for a command run while the servers live.
+    pub(crate) fn all_vars(&self) -> impl Iterator<Item = &(String, String)> {
+        self.vars.iter().chain(&self.server_vars)
+    }
 }
 
 pub(crate) fn all(root: &Path) -> Result<TestEnv> {

@@ -30,7 +30,7 @@ pub(crate) fn prepare(_root: &Path, env: &mut TestEnv) -> Result<()> {
         return Ok(());
     };
     let server = Server::start(&bin)?;
-    env.vars.push(("TEST_POSTGRES_URL".into(), server.url()));
+    env.server_vars.push(("TEST_POSTGRES_URL".into(), server.url()));
     env.guards.push(Box::new(server));
     Ok(())
 }

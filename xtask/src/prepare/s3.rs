@@ -51,7 +51,7 @@ pub(crate) fn prepare(_root: &Path, env: &mut TestEnv) -> Result<()> {
         ("AWS_REGION", "us-east-1"),
         ("AWS_ALLOW_HTTP", "true"),
     ] {
-        env.vars.push((k.into(), v.into()));
+        env.server_vars.push((k.into(), v.into()));
     }
     env.guards.push(Box::new(server));
     Ok(())
