@@ -47,8 +47,10 @@ pub struct AgentConfig {
     /// argv of the runner; [`JIT_CONFIG_MARKER`] is replaced by the JIT
     /// config, e.g. `["/home/runner/run.sh", "--jitconfig", "{jit_config}"]`.
     pub runner_command: Vec<String>,
-    /// The unprivileged user the runner runs as.
-    pub runner_user: String,
+    /// The unprivileged user the runner runs as, resolved from the image's
+    /// `/etc/passwd` and `/etc/group` when the image is built (see
+    /// [`users::lookup`]), so booting reads neither.
+    pub runner_user: users::Account,
     /// The runner's working directory.
     pub runner_workdir: String,
     /// dockerd to start before the runner when the image has it.

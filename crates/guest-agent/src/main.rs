@@ -18,7 +18,6 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hangar_guest_agent::prewarm;
-use hangar_guest_agent::users::{self, Account};
 use hangar_guest_agent::{
     AgentConfig, CONFIG_PATH, GuestMessage, HostMessage, JIT_CONFIG_MARKER, PORT_NAME, encode_line,
 };
@@ -71,8 +70,9 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     )
     .map_err(|e| format!("parsing {CONFIG_PATH}: {e}"))?;
     // Everything the runner's start needs that does not depend on the spec
-    // is looked up now, so a pre-booted VM's dispatch is only fork + exec.
-    let user = runner_account(&config.runner_user)?;
+    // is known now (the account was resolved when the image was built), so
+    // a pre-booted VM's dispatch is only fork + exec.
+    let user = &config.runner_user;
 
     let port_path = find_port(Duration::from_secs(10))?;
     let port = OpenOptions::new()
@@ -177,19 +177,6 @@ fn run(is_init: bool, port_out: &mut Option<File>) -> Result<(), String> {
     log(&format!("runner exited, code {code:?}"));
     send(&mut writer, &GuestMessage::RunnerExited { code })?;
     Ok(())
-}
-
-/// The unprivileged user the runner runs as, looked up at boot.
-fn runner_account(name: &str) -> Result<Account, String> {
-    let read =
-        |path: &str| std::fs::read_to_string(path).map_err(|e| format!("reading {path}: {e}"));
-    let account = users::lookup(&read("/etc/passwd")?, &read("/etc/group")?, name)?;
-    if account.supplementary_groups && !Path::new("/usr/bin/setpriv").exists() {
-        return Err(format!(
-            "user {name} has supplementary groups but the image has no /usr/bin/setpriv"
-        ));
-    }
-    Ok(account)
 }
 
 fn send(port: &mut File, message: &GuestMessage) -> Result<(), String> {

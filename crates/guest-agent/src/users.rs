@@ -1,20 +1,26 @@
 //! The runner user, read from the image's `/etc/passwd` and `/etc/group`.
 //!
-//! The agent is linked statically (so it runs in any image, whatever its
-//! glibc), and a static glibc's `getpwnam` would `dlopen` the image's NSS
-//! modules, which must then match the glibc the agent was built with. In a
+//! The image builder looks the user up in the root filesystem tree it is
+//! packing and writes the result into the agent's config, so a missing user
+//! fails the build, not every boot, and booting reads neither file. In a
 //! hangar VM the accounts are the image's files and nothing else (no
-//! daemons, no directory service), so the agent reads them itself.
+//! daemons, no directory service), so plain parsing is the whole lookup; it
+//! does not go through NSS (the agent is linked statically, and a static
+//! glibc's `getpwnam` would `dlopen` the image's NSS modules).
+
+use serde::{Deserialize, Serialize};
 
 /// An account from `/etc/passwd`, with what `/etc/group` adds.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Account {
     pub name: String,
     pub uid: u32,
     pub gid: u32,
     pub home: String,
     /// Whether `/etc/group` lists the user in a group other than its
-    /// primary one (then the runner needs those groups set, e.g. `docker`).
+    /// primary one (then the runner needs those groups set, e.g. `docker`,
+    /// which the agent does through `/usr/bin/setpriv`).
     pub supplementary_groups: bool,
 }
 

@@ -55,6 +55,9 @@ pub const KERNEL_PATCHES: [(&str, &str); 1] = [(
     include_str!("../kernel/patches/0001-x86-mm-no-initmem-poison.patch"),
 )];
 
+/// The unprivileged account the runner runs as in every image.
+const RUNNER_USER: &str = "runner";
+
 /// The image spec used by the test suite: minbase + the test runner.
 pub const TEST_SPEC: &str = include_str!("../images/test.toml");
 /// The test runner script (`run.sh --jitconfig` look-alike).
@@ -162,6 +165,8 @@ pub enum ImageError {
     },
     #[error("`{command}` failed ({status}); last output:\n{tail}")]
     Command { command: String, status: String, tail: String },
+    #[error("the runner user in the tree {tree}: {message}")]
+    RunnerUser { tree: PathBuf, message: String },
 }
 
 /// Progress of a build, step by step.
@@ -241,7 +246,7 @@ pub fn image_build(
     let tree = tree_build(cache, spec)?;
 
     let agent_bytes = std::fs::read(agent).map_err(io("reading the agent", agent))?;
-    let config = agent_config(spec);
+    let config = agent_config(spec, &tree)?;
     let mut h = Sha256::new();
     h.update(tree.as_os_str().as_encoded_bytes());
     h.update(kernel.as_os_str().as_encoded_bytes());
@@ -700,10 +705,10 @@ fn tree_build(cache: &Path, spec: &ImageSpec) -> Result<PathBuf, ImageError> {
         "1000",
         "-s",
         "/bin/bash",
-        "runner",
+        RUNNER_USER,
     ]))?;
     if packages.iter().any(|p| p == "docker.io") {
-        run(Command::new("chroot").arg(&root).args(["usermod", "-aG", "docker", "runner"]))?;
+        run(Command::new("chroot").arg(&root).args(["usermod", "-aG", "docker", RUNNER_USER]))?;
     }
     run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))?;
     let lists = root.join("var/lib/apt/lists");
@@ -715,7 +720,9 @@ fn tree_build(cache: &Path, spec: &ImageSpec) -> Result<PathBuf, ImageError> {
     Ok(dir)
 }
 
-fn agent_config(spec: &ImageSpec) -> AgentConfig {
+/// The agent's config for `spec`, with the runner account looked up in the
+/// root filesystem `tree` that the image is packed from.
+fn agent_config(spec: &ImageSpec, tree: &Path) -> Result<AgentConfig, ImageError> {
     let runner_command = match &spec.runner {
         RunnerSource::Release { .. } => vec![
             "/home/runner/actions-runner/run.sh".into(),
@@ -729,12 +736,29 @@ fn agent_config(spec: &ImageSpec) -> AgentConfig {
             hangar_guest_agent::JIT_CONFIG_MARKER.into(),
         ],
     };
-    AgentConfig {
+    let read = |file: &str| {
+        let path = tree.join(file);
+        std::fs::read_to_string(&path).map_err(io("reading", &path))
+    };
+    let bad = |message: String| ImageError::RunnerUser { tree: tree.to_owned(), message };
+    let runner_user = hangar_guest_agent::users::lookup(
+        &read("etc/passwd")?,
+        &read("etc/group")?,
+        RUNNER_USER,
+    )
+    .map_err(bad)?;
+    if runner_user.supplementary_groups && !tree.join("usr/bin/setpriv").exists() {
+        return Err(bad(format!(
+            "{RUNNER_USER} has supplementary groups, which the agent sets with /usr/bin/setpriv, \
+             and the tree has none (add util-linux)"
+        )));
+    }
+    Ok(AgentConfig {
         runner_command,
-        runner_user: "runner".into(),
+        runner_user,
         runner_workdir: "/home/runner".into(),
         dockerd: spec.dockerd.clone(),
-    }
+    })
 }
 
 fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> {
@@ -904,11 +928,44 @@ mod tests {
         assert_eq!(full.fragments().unwrap().len(), 2);
     }
 
+    /// A root filesystem tree with just the account files.
+    fn tree(passwd: &str, group: &str, setpriv: bool) -> tempfile::TempDir {
+        let tree = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(tree.path().join("etc")).unwrap();
+        std::fs::write(tree.path().join("etc/passwd"), passwd).unwrap();
+        std::fs::write(tree.path().join("etc/group"), group).unwrap();
+        if setpriv {
+            std::fs::create_dir_all(tree.path().join("usr/bin")).unwrap();
+            std::fs::write(tree.path().join("usr/bin/setpriv"), "").unwrap();
+        }
+        tree
+    }
+
+    const PASSWD: &str = "root:x:0:0:root:/root:/bin/bash\n\
+                          runner:x:1000:1000::/home/runner:/bin/bash\n";
+
     #[test]
-    fn agent_config_has_the_jit_marker_and_no_secret() {
+    fn agent_config_has_the_jit_marker_the_account_and_no_secret() {
         let spec = ImageSpec::parse(TEST_SPEC, Path::new("test.toml")).unwrap();
-        let config = agent_config(&spec);
+        let tree = tree(PASSWD, "root:x:0:\nrunner:x:1000:\n", false);
+        let config = agent_config(&spec, tree.path()).unwrap();
         assert!(config.runner_command.iter().any(|a| a == hangar_guest_agent::JIT_CONFIG_MARKER));
-        assert_eq!(config.runner_user, "runner");
+        assert_eq!(config.runner_user.name, "runner");
+        assert_eq!((config.runner_user.uid, config.runner_user.gid), (1000, 1000));
+        assert_eq!(config.runner_user.home, "/home/runner");
+        assert!(!config.runner_user.supplementary_groups);
+    }
+
+    #[test]
+    fn a_tree_without_the_runner_user_or_setpriv_fails_the_build() {
+        let spec = ImageSpec::parse(TEST_SPEC, Path::new("test.toml")).unwrap();
+        let nobody = tree("root:x:0:0:root:/root:/bin/bash\n", "root:x:0:\n", false);
+        let e = agent_config(&spec, nobody.path()).unwrap_err().to_string();
+        assert!(e.contains("runner user") && e.contains("/etc/passwd"), "{e}");
+        let docker = "runner:x:1000:\ndocker:x:999:runner\n";
+        let e = agent_config(&spec, tree(PASSWD, docker, false).path()).unwrap_err().to_string();
+        assert!(e.contains("setpriv"), "{e}");
+        let config = agent_config(&spec, tree(PASSWD, docker, true).path()).unwrap();
+        assert!(config.runner_user.supplementary_groups);
     }
 }
