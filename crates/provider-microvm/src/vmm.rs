@@ -188,7 +188,10 @@ impl Qemu {
             "-device".into(),
             "virtio-rng-device".into(),
             "-device".into(),
-            "virtio-serial-device".into(),
+            // Port 0 (the console, unused) and port 1 (the agent's). The
+            // default of 31 ports makes the guest driver set up 64
+            // virtqueues at boot: ~20 ms of `virtio_console_init` under TCG.
+            "virtio-serial-device,max_ports=2".into(),
             "-chardev".into(),
             format!("socket,id=agent,path={}", p(&plan.agent_socket)),
             "-device".into(),
