@@ -741,12 +741,9 @@ fn agent_config(spec: &ImageSpec, tree: &Path) -> Result<AgentConfig, ImageError
         std::fs::read_to_string(&path).map_err(io("reading", &path))
     };
     let bad = |message: String| ImageError::RunnerUser { tree: tree.to_owned(), message };
-    let runner_user = hangar_guest_agent::users::lookup(
-        &read("etc/passwd")?,
-        &read("etc/group")?,
-        RUNNER_USER,
-    )
-    .map_err(bad)?;
+    let runner_user =
+        hangar_guest_agent::users::lookup(&read("etc/passwd")?, &read("etc/group")?, RUNNER_USER)
+            .map_err(bad)?;
     if runner_user.supplementary_groups && !tree.join("usr/bin/setpriv").exists() {
         return Err(bad(format!(
             "{RUNNER_USER} has supplementary groups, which the agent sets with /usr/bin/setpriv, \
