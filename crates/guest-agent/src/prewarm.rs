@@ -23,18 +23,20 @@ const MAX_INTERPRETERS: usize = 4;
 /// Asks the kernel to read ahead every file an exec of `program` reads.
 /// Returns the files it could open, in the order the exec reads them.
 pub fn prewarm(program: &Path) -> Vec<PathBuf> {
-    let files = exec_files(program);
-    for path in &files {
-        if let Ok(file) = File::open(path) {
-            let _ = posix_fadvise(file.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
-        }
-    }
-    files
+    walk(program, |file| {
+        let _ = posix_fadvise(file.as_raw_fd(), 0, 0, PosixFadviseAdvice::POSIX_FADV_WILLNEED);
+    })
 }
 
 /// The program, then each interpreter the exec goes through: the one named
 /// by a `#!` line, and the dynamic loader an ELF names (`PT_INTERP`).
 pub fn exec_files(program: &Path) -> Vec<PathBuf> {
+    walk(program, |_| {})
+}
+
+/// Follows the exec chain from `program`, calling `visit` on each file
+/// once it is open (before its header is read), and returns the paths.
+fn walk(program: &Path, mut visit: impl FnMut(&File)) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut next = Some(program.to_owned());
     while let Some(path) = next.take() {
@@ -42,6 +44,7 @@ pub fn exec_files(program: &Path) -> Vec<PathBuf> {
             break;
         }
         let Ok(file) = File::open(&path) else { break };
+        visit(&file);
         next = interpreter(&file);
         files.push(path);
     }
