@@ -592,12 +592,17 @@ impl Shared {
                     }
                     poll
                 };
-                let had_out = !out.is_empty();
-                self.after_change(out);
+                // Wake the other long-polls only for a change they can see:
+                // each woken poll would wake the rest again, and idle runners
+                // would spin the CPU until their polls time out.
+                let assigned = !out.is_empty();
+                if assigned {
+                    self.after_change(out);
+                }
                 if !matches!(poll, Poll::Nothing) {
                     return poll;
                 }
-                if had_out {
+                if assigned {
                     continue;
                 }
             }
@@ -665,27 +670,30 @@ impl Shared {
     /// Periodic housekeeping: lost runners and rate windows.
     fn tick(self: &Arc<Self>) {
         let mut out = Vec::new();
-        {
+        let changed = {
             let mut state = self.lock();
             // A long-polling runner is seen at least once per long poll.
             let lost_after =
                 state.config.runner_lost_after.max(state.config.long_poll + Duration::from_secs(1));
             let now = Instant::now();
             let mut failed_jobs = Vec::new();
+            let mut lost = 0;
             for runner in state.runners.values_mut() {
                 if runner.online && now.duration_since(runner.last_seen) > lost_after {
                     runner.online = false;
+                    lost += 1;
                     if let Some(job) = runner.job.take() {
                         failed_jobs.push(job);
                     }
                 }
             }
+            let mut removed = 0;
             if let Some(ttl) = state.config.unconnected_registration_ttl {
                 let before = state.runners.len();
                 state
                     .runners
                     .retain(|_, r| r.ever_connected || now.duration_since(r.created) < ttl);
-                let removed = (before - state.runners.len()) as u64;
+                removed = (before - state.runners.len()) as u64;
                 state.counters.registrations_expired += removed;
             }
             for job_id in failed_jobs {
@@ -698,8 +706,11 @@ impl Shared {
                     state.webhook_plan(job_id, "completed", &mut out);
                 }
             }
+            lost > 0 || removed > 0
+        };
+        if changed || !out.is_empty() {
+            self.after_change(out);
         }
-        self.after_change(out);
     }
 }
 
