@@ -14,7 +14,11 @@
 //!   the work directory holds `pid` and, once the child ended, `exit_code`.
 //!   `list` scans `<work_root>` so it reports runners a previous hangar
 //!   process started (orphans after `kill -9`), checking liveness through
-//!   `/proc/<pid>/cwd`, which also guards against a reused pid.
+//!   `/proc/<pid>/cwd`, which also guards against a reused pid. A child of
+//!   this provider value is reported from memory instead: it is `Running`
+//!   until its exit status is collected, so the moment between its exit
+//!   and the `exit_code` write never shows as an exit with an unknown code
+//!   (which the scheduler would take for a crash).
 //! - Each child leads its own process group, so destroy kills the runner
 //!   and anything it started, and survives hangar being killed (its runner
 //!   keeps working; the restarted hangar finds it).
@@ -24,9 +28,10 @@
 //!   directory of a relaunch of the same runner id; a write that races the
 //!   removal makes destroy retry it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use hangar_provider::{Health, Instance, InstanceState, Provider, ProviderError, RunnerSpec};
@@ -61,7 +66,14 @@ pub struct SettingsError {
 pub struct ProcessProvider {
     config: ProcessConfig,
     work_root: PathBuf,
+    /// Children this value launched: the exit code once the child has been
+    /// reaped (`None` inside: killed by a signal). Each launch gets a cell
+    /// of its own, so a late reap never touches a relaunch.
+    children: Mutex<HashMap<RunnerId, ExitCell>>,
 }
+
+/// Set once, when the child has been reaped, to its exit code.
+type ExitCell = Arc<OnceLock<Option<i32>>>;
 
 const PID_FILE: &str = "pid";
 const EXIT_FILE: &str = "exit_code";
@@ -86,7 +98,11 @@ impl ProcessProvider {
             work_root = %work_root.display(),
             "The process provider runs runners as local child processes: NOT isolated, for development only."
         );
-        ProcessProvider { config, work_root }
+        ProcessProvider { config, work_root, children: Mutex::default() }
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, HashMap<RunnerId, ExitCell>> {
+        self.children.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn dir(&self, runner_id: &RunnerId) -> PathBuf {
@@ -102,10 +118,17 @@ impl ProcessProvider {
             .ok()
             .and_then(|m| m.modified().ok())
             .map_or_else(chrono::Utc::now, Into::into);
-        let state = match tokio::fs::read_to_string(dir.join(EXIT_FILE)).await {
-            Ok(code) => InstanceState::Exited { code: code.trim().parse().ok() },
-            Err(_) if alive(pid, &dir).await => InstanceState::Running,
-            Err(_) => InstanceState::Exited { code: None },
+        let child = self.children().get(runner_id).cloned();
+        let state = match child {
+            Some(exit) => match exit.get() {
+                None => InstanceState::Running,
+                Some(&code) => InstanceState::Exited { code },
+            },
+            None => match tokio::fs::read_to_string(dir.join(EXIT_FILE)).await {
+                Ok(code) => InstanceState::Exited { code: code.trim().parse().ok() },
+                Err(_) if alive(pid, &dir).await => InstanceState::Running,
+                Err(_) => InstanceState::Exited { code: None },
+            },
         };
         Some(Instance {
             runner_id: runner_id.clone(),
@@ -180,16 +203,24 @@ impl Provider for ProcessProvider {
             .process_group(0);
         let mut child = command.spawn().map_err(|e| launch_error(id, "starting the runner", e))?;
         let pid = child.id().unwrap_or_default();
-        tokio::fs::write(dir.join(PID_FILE), pid.to_string())
-            .await
-            .map_err(|e| launch_error(id, "writing the pid file", e))?;
+        if let Err(e) = tokio::fs::write(dir.join(PID_FILE), pid.to_string()).await {
+            // Without a pid file nothing could find it again to kill it.
+            let _ = child.start_kill();
+            return Err(launch_error(id, "writing the pid file", e));
+        }
         let dir_handle = std::fs::File::open(&dir)
             .map_err(|e| launch_error(id, "opening the work directory", e))?;
+        let exit = ExitCell::default();
+        self.children().insert(id.clone(), Arc::clone(&exit));
         let runner_id = id.clone();
         tokio::spawn(async move {
-            let code = match child.wait().await {
-                Ok(status) => status.code().map_or_else(|| "signal".to_owned(), |c| c.to_string()),
-                Err(_) => "unknown".to_owned(),
+            let status = child.wait().await;
+            let code = status.as_ref().ok().and_then(std::process::ExitStatus::code);
+            let _ = exit.set(code);
+            let code = match (status, code) {
+                (Ok(_), Some(code)) => code.to_string(),
+                (Ok(_), None) => "signal".to_owned(),
+                (Err(_), _) => "unknown".to_owned(),
             };
             // Fails when the runner was destroyed (its directory is gone); fine.
             let _ = write_in(&dir_handle, EXIT_FILE, &code).await;
@@ -233,6 +264,7 @@ impl Provider for ProcessProvider {
                 });
             }
         }
+        self.children().remove(runner_id);
         // The reaping task writes `exit_code` right after the kill; if that
         // lands while the tree is being removed, the removal sees a non-empty
         // directory. Another pass removes the late file.

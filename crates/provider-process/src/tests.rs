@@ -111,3 +111,27 @@ async fn destroy_right_after_launch_never_races_the_reaper() {
     }
     assert!(p.list().await.expect("list").is_empty());
 }
+
+/// A runner that exits 0 is reported `Running` until its exit code is
+/// known, never `Exited { code: None }`: between the child's exit and the
+/// reaper's write the pid is a zombie or gone and no `exit_code` exists
+/// yet, and the scheduler takes an unknown exit for a crash.
+#[tokio::test]
+async fn a_clean_exit_is_never_reported_as_unknown() {
+    let root = tempfile::tempdir().expect("tempdir");
+    let p = provider(root.path(), "exit 0");
+    for round in 0..30 {
+        let spec = conformance::spec(&format!("exit{round}"));
+        p.launch(&spec).await.expect("launch");
+        // Polled without pause: the window is a few milliseconds wide.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let code = loop {
+            assert!(tokio::time::Instant::now() < deadline, "round {round}: never exited");
+            if let InstanceState::Exited { code } = p.list().await.expect("list")[0].state {
+                break code;
+            }
+        };
+        assert_eq!(code, Some(0), "round {round}");
+        p.destroy(&spec.runner_id).await.expect("destroy");
+    }
+}
