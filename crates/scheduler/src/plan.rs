@@ -380,9 +380,17 @@ impl<'a> Planner<'a> {
         None
     }
 
-    /// Orphan instances and registrations: named `hangar-…`, unknown to the store.
+    /// Orphan instances and registrations: named `hangar-…`, unknown to the
+    /// store. A runner in flight is not one: its teardown may have marked it
+    /// `gone` after its instance or registration was listed.
     fn reap_orphans(&mut self) {
-        let known: HashSet<&str> = self.s.runners.iter().map(|r| r.id.as_str()).collect();
+        let known: HashSet<&str> = self
+            .s
+            .runners
+            .iter()
+            .map(|r| r.id.as_str())
+            .chain(self.s.in_flight.iter().map(RunnerId::as_str))
+            .collect();
         let mut instances: Vec<(&PoolName, &Instance)> = self
             .s
             .instances

@@ -340,6 +340,21 @@ fn orphans_are_destroyed_but_busy_registrations_are_left() {
     );
 }
 
+/// A teardown that finished between the provider's list and the store read
+/// leaves an instance and a registration the store calls `gone`: the runner
+/// is still in flight in the snapshot, so nothing is planned for it twice.
+#[test]
+fn leftovers_of_a_runner_in_flight_are_not_orphans() {
+    let mut w = world(10);
+    w.in_flight.insert(rid("linux", 1));
+    w.instances
+        .insert(PoolName("linux".into()), vec![instance("linux", 1, InstanceState::Running)]);
+    w.registrations =
+        Some(vec![Registration { github_id: 1, name: rid("linux", 1).to_string(), busy: false }]);
+    let actions = plan(&config(), &pools(), &w);
+    assert_eq!(actions, vec![]);
+}
+
 #[test]
 fn hot_runners_are_kept_extras_time_out_and_busy_ones_are_never_reaped() {
     let mut hot = pool("linux", &["linux"], 5);
