@@ -150,14 +150,22 @@ impl Lifecycle {
 
     /// One activation: read, plan, hand actions to the executor.
     pub async fn activate(self: &Arc<Self>) {
+        let started = Instant::now();
         let mut errors = Vec::new();
         let snapshot = self.snapshot(&mut errors).await;
         let Some(snapshot) = snapshot else {
             self.publish(None, &[], errors);
             return;
         };
+        let read_ms = started.elapsed().as_millis();
         let actions = plan::plan(&self.config, &self.pools, &snapshot);
         executor::execute(self, &snapshot, &actions, &mut errors).await;
+        tracing::debug!(
+            read_ms,
+            total_ms = started.elapsed().as_millis(),
+            actions = actions.len(),
+            "Reconciler activation done."
+        );
         self.publish(Some(&snapshot), &actions, errors);
     }
 

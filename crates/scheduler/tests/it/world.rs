@@ -41,7 +41,7 @@ pub(crate) fn pool(name: &str, labels: &[&str], max: u32) -> PoolConfig {
         provider: "process".into(),
         max_runners: max,
         min_hot: 0,
-        idle_timeout: Duration::from_secs(30),
+        idle_timeout: Duration::from_secs(5),
         keep_warm: Duration::ZERO,
         settings: toml::Table::new(),
     }
@@ -134,7 +134,7 @@ impl World {
             None => Auth::Token(Secret::new(SimConfig::DEFAULT_PAT)),
         };
         let mut client = ClientConfig::new(sim.api_url(), auth);
-        client.request_timeout = Duration::from_secs(3);
+        client.request_timeout = Duration::from_secs(10);
         client.retry_base = Duration::from_millis(20);
         client.max_retries = 6;
         client.secondary_backoff = Duration::from_millis(100);
@@ -235,16 +235,43 @@ impl World {
                 return;
             }
             if tokio::time::Instant::now() > deadline {
-                let jobs = self.store.job_list_active().await.expect("jobs");
-                let jobs: Vec<_> = jobs
-                    .iter()
-                    .map(|j| (j.record.fields.id, j.record.state, j.notes.reason.clone()))
-                    .collect();
-                panic!(
-                    "left after {timeout:?}:\nregistrations {registrations:#?}\ninstances {instances:#?}\n\
-                     live runners {live:#?}\nactive jobs {jobs:?}\nstatus {:?}",
+                // One line per leftover, so a CI log cut short still says why.
+                let mut report = format!(
+                    "left after {timeout:?}; reconciler {:?}\n",
                     self.lifecycle.handle().status()
                 );
+                for r in &registrations {
+                    report += &format!(
+                        "registration {} {} {:?} job {:?} connected {}\n",
+                        r.id, r.name, r.status, r.job_id, r.ever_connected
+                    );
+                }
+                for i in &instances {
+                    report += &format!(
+                        "instance {} {:?} since {} ({})\n",
+                        i.runner_id, i.state, i.launched_at, i.detail
+                    );
+                }
+                for r in &live {
+                    report += &format!(
+                        "runner {} {} gen {} for {:?} job {:?} created {} launched {:?} reason {:?}\n",
+                        r.id,
+                        r.state,
+                        r.generation,
+                        r.for_job.map(|j| j.0),
+                        r.job.map(|j| j.0),
+                        r.created_at,
+                        r.launched_at,
+                        r.reason
+                    );
+                }
+                for j in self.store.job_list_active().await.expect("jobs") {
+                    report += &format!(
+                        "job {} {} reason {:?}\n",
+                        j.record.fields.id, j.record.state, j.notes.reason
+                    );
+                }
+                panic!("{report}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
