@@ -488,7 +488,8 @@ impl Shared {
         }
         let id = state.next_runner_id;
         state.next_runner_id += 1;
-        let token = format!("simrunner_{:032x}", state.rng.random::<u128>());
+        // The id leads the token so a runner's calls find it without a scan.
+        let token = format!("simrunner_{id}_{:032x}", state.rng.random::<u128>());
         state.runners.insert(
             id,
             Runner {
@@ -535,7 +536,8 @@ impl Shared {
     }
 
     fn runner_by_token<'s>(state: &'s mut State, token: &str) -> Option<&'s mut Runner> {
-        state.runners.values_mut().find(|r| r.token == token)
+        let (id, _) = token.strip_prefix("simrunner_")?.split_once('_')?;
+        state.runners.get_mut(&id.parse().ok()?).filter(|r| r.token == token)
     }
 
     /// A runner process connects. False if the registration is gone.
