@@ -291,3 +291,33 @@ async fn never_connected_registrations_expire_when_asked_to() {
     let left = sim.runners();
     assert_eq!(left.iter().map(|r| r.id).collect::<Vec<_>>(), vec![id], "the connected one stays");
 }
+
+/// An idle runner's long-poll waits, it does not spin: every wake-up used
+/// to notify all polls, its own included, so one idle runner kept a core
+/// busy until its poll expired. Process CPU time over a 2 s poll with
+/// nothing to hand out stays far below what a spin takes.
+#[tokio::test]
+async fn an_idle_long_poll_waits_without_spinning() {
+    fn cpu_seconds() -> f64 {
+        // Fields 14 and 15 of /proc/self/stat: user and system time in ticks.
+        let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
+        let (_, rest) = stat.rsplit_once(')').expect("stat has a comm field");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        ticks as f64 / 100.0
+    }
+    let sim = Simulator::start(SimConfig {
+        long_poll: Duration::from_secs(2),
+        runner_lost_after: Duration::from_secs(10),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let (_, token) = register(&sim, "hangar-x-0000000000000004").await;
+    assert_eq!(runner_call(&sim, &token, "connect").await.status(), 200);
+    let before = cpu_seconds();
+    let poll = runner_call(&sim, &token, "message?wait_ms=2000").await;
+    assert_eq!(poll.status(), 204, "no job to hand out");
+    let used = cpu_seconds() - before;
+    assert!(used < 0.5, "a 2 s idle long-poll used {used:.2} s of CPU");
+}
