@@ -594,9 +594,10 @@ impl Shared {
                     }
                     poll
                 };
-                // Wake the other long-polls only for a change they can see:
-                // each woken poll would wake the rest again, and idle runners
-                // would spin the CPU until their polls time out.
+                // Wake the long-polls only for a change they can see. Every
+                // poll's own `notified` is already enabled here, so waking
+                // for nothing would wake this poll too, and the rest again:
+                // idle runners would spin the CPU until their polls expire.
                 let assigned = !out.is_empty();
                 if assigned {
                     self.after_change(out);
