@@ -44,9 +44,10 @@ enum Cmd {
         #[arg(long)]
         hold: bool,
     },
-    /// `bench microvm --runs N --json` (same as `hangar bench microvm`).
+    /// `bench microvm --runs N --json` (same as `hangar bench microvm`);
+    /// `bench microvm-reference` adds the research's reference guest.
     Bench {
-        /// What to measure: `microvm`.
+        /// What to measure: `microvm` or `microvm-reference`.
         what: String,
         #[arg(long, default_value_t = 10)]
         runs: usize,
@@ -74,7 +75,10 @@ fn main() -> Result<()> {
         Cmd::Tidy => tidy::run(&root),
         Cmd::Bench { what, runs, json } => match what.as_str() {
             "microvm" => prepare::images::bench_microvm(&root, runs, json),
-            other => anyhow::bail!("unknown benchmark {other:?} (known: microvm)"),
+            "microvm-reference" => prepare::images::bench_microvm_reference(&root, runs, json),
+            other => {
+                anyhow::bail!("unknown benchmark {other:?} (known: microvm, microvm-reference)")
+            }
         },
         Cmd::Prepare { hold } => {
             let env = prepare::all(&root)?;

@@ -24,7 +24,8 @@ use hangar_provider::{InstanceState, Provider, RunnerSpec};
 use hangar_types::{Labels, PoolName, RunnerId, Secret};
 use serde::Serialize;
 
-use crate::{MicrovmConfig, MicrovmError, MicrovmProvider};
+use crate::vmm::Qemu;
+use crate::{Accel, MicrovmConfig, MicrovmError, MicrovmProvider};
 
 /// p50/p99 of one measurement, in the unit its field name says.
 #[derive(Debug, Clone, Serialize)]
@@ -81,6 +82,88 @@ pub struct BenchReport {
     pub idle_vm_rss_mib: Option<Stat>,
     /// Snapshot state file size.
     pub snapshot_state_mib: Option<f64>,
+    /// With `--reference-kernel`: the research's reference guest, launch →
+    /// its PID 1 prints a marker on the serial console, booted alternately
+    /// with the cold boots (see [`Reference`]).
+    pub reference_pid1_ms: Option<Stat>,
+    /// Per pair of a cold boot and the reference boot next to it: cold boot
+    /// − reference (negative: hangar's guest reached `ready` sooner than the
+    /// reference guest reached its PID 1).
+    pub cold_boot_minus_reference_ms: Option<Stat>,
+}
+
+/// The reference guest of the shared research (`microvm-boot.md` section 5,
+/// configuration E, from which the issue took its cold-boot goal of
+/// 800 ms): a lean tinyconfig kernel booted through PVH and a static C
+/// `/init` in an initramfs that prints [`REFERENCE_MARKER`] and powers off.
+/// This host's speed moves by a quarter within an hour (docs/BENCHMARKS.md),
+/// so a cold-boot figure means most next to the reference measured in the
+/// same minutes. `cargo xtask bench microvm-reference` builds both files.
+#[derive(Debug, Clone)]
+pub struct Reference {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+}
+
+/// What the reference guest's `/init` prints on the serial console.
+pub const REFERENCE_MARKER: &[u8] = b"GUEST-INIT-READY";
+
+/// One reference boot with the research's flags: launch → the marker on
+/// QEMU's stdout (the guest's serial console), in milliseconds.
+async fn reference_boot(
+    qemu: &Qemu,
+    accel: Accel,
+    memory_mib: u32,
+    reference: &Reference,
+    timeout: Duration,
+) -> Option<f64> {
+    use tokio::io::AsyncReadExt as _;
+    let mut append = "console=ttyS0 quiet reboot=t panic=-1 mvm_exit=reboot".to_owned();
+    let cpu = match accel {
+        Accel::Kvm => ["kvm", "host"],
+        Accel::Tcg => {
+            if let Some(khz) = qemu.tsc_khz {
+                append.push_str(&format!(" tsc_early_khz={khz} lpj={}", khz * 4));
+            }
+            ["tcg", "max"]
+        }
+    };
+    let t0 = Instant::now();
+    let mut child = tokio::process::Command::new(&qemu.binary)
+        .args(["-M", "microvm,acpi=off", "-accel", cpu[0], "-cpu", cpu[1], "-smp", "1"])
+        .arg("-m")
+        .arg(memory_mib.to_string())
+        .args(["-nodefaults", "-no-user-config", "-display", "none", "-serial", "stdio"])
+        .arg("-no-reboot")
+        .arg("-kernel")
+        .arg(&reference.kernel)
+        .arg("-initrd")
+        .arg(&reference.initrd)
+        .arg("-append")
+        .arg(append)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .ok()?;
+    let mut stdout = child.stdout.take()?;
+    let seen = async {
+        let (mut seen, mut chunk) = (Vec::new(), [0u8; 4096]);
+        loop {
+            let n = stdout.read(&mut chunk).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            seen.extend_from_slice(&chunk[..n]);
+            if seen.windows(REFERENCE_MARKER.len()).any(|w| w == REFERENCE_MARKER) {
+                return Some(ms(t0.elapsed()));
+            }
+        }
+    };
+    let measured = tokio::time::timeout(timeout, seen).await.ok().flatten();
+    let _ = child.kill().await;
+    measured
 }
 
 /// How long a VM waits idle before a `dispatch_settled_ms` dispatch.
@@ -115,7 +198,14 @@ async fn poll<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<
 
 /// Runs every measurement `runs` times against an image with a runner that
 /// exits at once (the test image's runner does).
-pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, MicrovmError> {
+///
+/// With a [`Reference`], each cold boot has a reference boot next to it
+/// (before it in odd runs, after it in even ones).
+pub async fn bench_run(
+    base: MicrovmConfig,
+    runs: usize,
+    reference: Option<&Reference>,
+) -> Result<BenchReport, MicrovmError> {
     let pool = PoolName("bench".into());
     let timeout = Duration::from_secs(base.boot_timeout_secs);
     let mut report = BenchReport {
@@ -130,32 +220,51 @@ pub async fn bench_run(base: MicrovmConfig, runs: usize) -> Result<BenchReport, 
         boot_4_at_once_ms: None,
         idle_vm_rss_mib: None,
         snapshot_state_mib: None,
+        reference_pid1_ms: None,
+        cold_boot_minus_reference_ms: None,
     };
 
     // Cold boots, one at a time.
     let cold =
         MicrovmProvider::new(pool.clone(), MicrovmConfig { min_hot: 0, ..base.clone() }).await?;
     report.accel = format!("{:?}", cold.accel()).to_lowercase();
+    let qemu = Qemu::new(base.qemu.clone());
     let (mut xs, mut cpu) = (Vec::new(), Vec::new());
-    for _ in 0..runs {
+    let (mut references, mut differences) = (Vec::new(), Vec::new());
+    for i in 0..runs {
+        let reference_first = i % 2 == 1;
+        let mut reference_ms = None;
+        if let (Some(r), true) = (reference, reference_first) {
+            reference_ms = reference_boot(&qemu, cold.accel(), base.memory_mib, r, timeout).await;
+        }
         let spec = bench_spec(&pool);
         let t0 = Instant::now();
         if cold.launch(&spec).await.is_err() {
             continue;
         }
-        if let Some(ready) =
-            poll(timeout, || cold.timings(&spec.runner_id).and_then(|t| t.ready)).await
+        let cold_ms = poll(timeout, || cold.timings(&spec.runner_id).and_then(|t| t.ready))
+            .await
+            .map(|ready| ms(ready - t0));
+        if cold_ms.is_some()
+            && let Some(used) = cold.vm_pid(&spec.runner_id).and_then(cpu_ms)
         {
-            xs.push(ms(ready - t0));
-            if let Some(used) = cold.vm_pid(&spec.runner_id).and_then(cpu_ms) {
-                cpu.push(used);
-            }
+            cpu.push(used);
         }
         wait_exited(&cold, &spec.runner_id, timeout).await;
         let _ = cold.destroy(&spec.runner_id).await;
+        if let (Some(r), false) = (reference, reference_first) {
+            reference_ms = reference_boot(&qemu, cold.accel(), base.memory_mib, r, timeout).await;
+        }
+        xs.extend(cold_ms);
+        references.extend(reference_ms);
+        if let (Some(c), Some(r)) = (cold_ms, reference_ms) {
+            differences.push(c - r);
+        }
     }
     report.cold_boot_ms = Stat::of(xs);
     report.cold_boot_qemu_cpu_ms = Stat::of(cpu);
+    report.reference_pid1_ms = Stat::of(references);
+    report.cold_boot_minus_reference_ms = Stat::of(differences);
 
     // 4 at once.
     let four = MicrovmProvider::new(

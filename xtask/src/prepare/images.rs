@@ -97,6 +97,16 @@ fn is_root() -> bool {
 /// `cargo xtask bench microvm`: prepares the test image, then runs
 /// `hangar bench microvm` (all fields, the webhook path included) on it.
 pub(crate) fn bench_microvm(root: &Path, runs: usize, json: bool) -> Result<()> {
+    bench_microvm_with(root, runs, json, false)
+}
+
+/// `cargo xtask bench microvm-reference`: the same, with the research's
+/// reference guest booted next to every cold boot (built first, cached).
+pub(crate) fn bench_microvm_reference(root: &Path, runs: usize, json: bool) -> Result<()> {
+    bench_microvm_with(root, runs, json, true)
+}
+
+fn bench_microvm_with(root: &Path, runs: usize, json: bool, reference: bool) -> Result<()> {
     let mut env = TestEnv::default();
     prepare(root, &mut env)?;
     if !env.vars.iter().any(|(k, _)| k == "HANGAR_TEST_MICROVM_ROOTFS") {
@@ -109,6 +119,10 @@ pub(crate) fn bench_microvm(root: &Path, runs: usize, json: bool) -> Result<()> 
     bench.arg("--cache").arg(super::cache_dir());
     if json {
         bench.arg("--json");
+    }
+    if reference {
+        let (kernel, initrd) = super::reference::build(&super::cache_dir())?;
+        bench.arg("--reference-kernel").arg(kernel).arg("--reference-initrd").arg(initrd);
     }
     crate::run(&mut bench)
 }

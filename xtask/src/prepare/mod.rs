@@ -15,6 +15,7 @@ pub(crate) mod images;
 mod npm;
 mod packages;
 mod postgres;
+pub(crate) mod reference;
 mod s3;
 
 use std::path::{Path, PathBuf};

@@ -31,6 +31,17 @@ pub(crate) struct Args {
     /// network namespace, taps and nftables).
     #[arg(long)]
     no_webhook: bool,
+    /// Boot the research's reference guest (this lean kernel, with
+    /// `--reference-initrd`) next to every cold boot, to tell this host's
+    /// speed at the moment: fields `reference_pid1_ms` and
+    /// `cold_boot_minus_reference_ms`. `cargo xtask bench
+    /// microvm-reference` builds both files and passes them.
+    #[arg(long, requires = "reference_initrd")]
+    reference_kernel: Option<PathBuf>,
+    /// The reference guest's initramfs (a static `/init` that prints
+    /// `GUEST-INIT-READY` on the serial console).
+    #[arg(long, requires = "reference_kernel")]
+    reference_initrd: Option<PathBuf>,
 }
 
 pub(crate) async fn run(args: Args) -> Result<()> {
@@ -44,7 +55,11 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     config.qemu.clone_from(&args.qemu);
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory_mib;
-    let report = bench::bench_run(config, args.runs).await;
+    let reference = match (args.reference_kernel, args.reference_initrd) {
+        (Some(kernel), Some(initrd)) => Some(bench::Reference { kernel, initrd }),
+        _ => None,
+    };
+    let report = bench::bench_run(config, args.runs, reference.as_ref()).await;
     let _ = std::fs::remove_dir_all(&state);
     let mut report = serde_json::to_value(report?)?;
     // The whole path, hangar's server and scheduler included.
