@@ -658,7 +658,7 @@ fn module_resolve(
 }
 
 /// Debian's newest `linux-source-*` tarball.
-fn kernel_source() -> Option<PathBuf> {
+pub fn kernel_source() -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/src")
         .ok()?
         .flatten()

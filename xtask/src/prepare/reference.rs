@@ -16,7 +16,7 @@ const INIT_C: &str = include_str!("../../boot-reference/init.c");
 
 /// The reference kernel and initramfs, built if the cache lacks them.
 pub(crate) fn build(cache: &Path) -> Result<(PathBuf, PathBuf)> {
-    let source = kernel_source().context(
+    let source = hangar_provider_microvm::image::kernel_source().context(
         "no Debian kernel source in /usr/src (apt-get install linux-source-6.1): \
          the reference kernel is built from it",
     )?;
@@ -79,23 +79,6 @@ pub(crate) fn build(cache: &Path) -> Result<(PathBuf, PathBuf)> {
     std::fs::rename(&out, &dir)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok((kernel, initrd))
-}
-
-/// Debian's newest `linux-source-*` tarball.
-fn kernel_source() -> Option<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/src")
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| {
-            p.file_name().is_some_and(|n| {
-                let n = n.to_string_lossy();
-                n.starts_with("linux-source-") && n.ends_with(".tar.xz")
-            })
-        })
-        .collect();
-    found.sort();
-    found.pop()
 }
 
 enum Entry<'a> {
