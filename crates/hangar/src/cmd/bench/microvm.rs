@@ -56,7 +56,12 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     config.vcpus = args.vcpus;
     config.memory_mib = args.memory_mib;
     let reference = match (args.reference_kernel, args.reference_initrd) {
-        (Some(kernel), Some(initrd)) => Some(bench::Reference { kernel, initrd }),
+        (Some(kernel), Some(initrd)) => {
+            for (what, path) in [("--reference-kernel", &kernel), ("--reference-initrd", &initrd)] {
+                anyhow::ensure!(path.is_file(), "{what} {}: no such file", path.display());
+            }
+            Some(bench::Reference { kernel, initrd })
+        }
         _ => None,
     };
     let report = bench::bench_run(config, args.runs, reference.as_ref()).await;
