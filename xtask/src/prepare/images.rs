@@ -5,7 +5,8 @@
 //! A fresh machine builds the kernel (minutes) and the debootstrap tree
 //! (about a minute) once; afterwards only the image layer is redone when the
 //! guest agent changes (seconds). Exports `HANGAR_TEST_MICROVM_KERNEL`,
-//! `HANGAR_TEST_MICROVM_ROOTFS` and `HANGAR_TEST_QEMU` for the tests.
+//! `HANGAR_TEST_MICROVM_ROOTFS` and `HANGAR_TEST_QEMU` for the tests, and
+//! `HANGAR_TEST_MICROVM_IMAGE_KEY` for `cargo xtask bench microvm`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -44,6 +45,7 @@ pub(crate) fn prepare(root: &Path, env: &mut TestEnv) -> Result<()> {
     prune_old_images(&cache, &spec.name, &info.key);
     env.vars.push(("HANGAR_TEST_MICROVM_KERNEL".into(), info.kernel.display().to_string()));
     env.vars.push(("HANGAR_TEST_MICROVM_ROOTFS".into(), info.rootfs.display().to_string()));
+    env.vars.push(("HANGAR_TEST_MICROVM_IMAGE_KEY".into(), info.key));
     env.vars.push(("HANGAR_TEST_QEMU".into(), qemu.display().to_string()));
     // The stock-kernel fallback of `hangar image build`, booted by its own
     // test: Debian's cloud kernel .deb (from the apt mirror), cached.
@@ -109,13 +111,14 @@ pub(crate) fn bench_microvm_reference(root: &Path, runs: usize, json: bool) -> R
 fn bench_microvm_with(root: &Path, runs: usize, json: bool, reference: bool) -> Result<()> {
     let mut env = TestEnv::default();
     prepare(root, &mut env)?;
-    if !env.vars.iter().any(|(k, _)| k == "HANGAR_TEST_MICROVM_ROOTFS") {
+    let Some((_, key)) = env.vars.iter().find(|(k, _)| k == "HANGAR_TEST_MICROVM_IMAGE_KEY") else {
         anyhow::bail!("no microVM test image (see the warning above)");
-    }
+    };
     // The measurement itself is `hangar bench microvm`, on the image just
-    // prepared (the newest `hangar-test` in the cache), in a release build.
+    // prepared (by its key: the cache may hold newer `hangar-test` images
+    // built from other trees), in a release build.
     let mut bench = Command::new(crate::release_hangar(root)?);
-    bench.args(["bench", "microvm", "--runs", &runs.to_string()]);
+    bench.args(["bench", "microvm", "--runs", &runs.to_string(), "--image", key]);
     bench.arg("--cache").arg(super::cache_dir());
     if json {
         bench.arg("--json");

@@ -15,8 +15,9 @@ pub(crate) struct Args {
     /// Print one JSON object (milliseconds, MiB).
     #[arg(long)]
     json: bool,
-    /// The image to boot: its runner must exit at once (the test image's
-    /// does). Default: the newest `hangar-test` image in the cache.
+    /// The image to boot, by name (the newest of that name) or by key (as
+    /// `hangar image ls` shows them): its runner must exit at once (the test
+    /// image's does). Default: the newest `hangar-test` image in the cache.
     #[arg(long, default_value = "hangar-test")]
     image: String,
     #[arg(long, env = "HANGAR_CACHE_DIR")]
@@ -46,9 +47,12 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args) -> Result<()> {
     let cache = super::super::image::cache_dir(args.cache);
-    let info = image::image_list(&cache).into_iter().find(|i| i.name == args.image).with_context(
-        || format!("no image {:?} in {} (hangar image build)", args.image, cache.display()),
-    )?;
+    let info = image::image_list(&cache)
+        .into_iter()
+        .find(|i| i.name == args.image || i.key == args.image)
+        .with_context(|| {
+            format!("no image {:?} in {} (hangar image build)", args.image, cache.display())
+        })?;
     let state = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
     let mut config = MicrovmConfig::new(info.kernel.clone(), info.rootfs.clone(), state.clone());
     config.initrd.clone_from(&info.initrd);
