@@ -1,7 +1,8 @@
 //! The shared research's reference guest for `cargo xtask bench
 //! microvm-reference`: its lean kernel (`boot-reference/microvm.fragment`
-//! on tinyconfig, Debian's kernel source) and an initramfs holding its
-//! static C `/init` (`boot-reference/init.c`), which prints
+//! on tinyconfig, Debian's kernel source) and an initramfs (made by the
+//! kernel tree's `gen_init_cpio`) holding its static C `/init`
+//! (`boot-reference/init.c`), which prints
 //! `GUEST-INIT-READY` on the console. Built once per fresh machine (~5 min,
 //! the kernel) and cached under `<cache>/reference/<key>/` by its inputs.
 
@@ -63,108 +64,31 @@ pub(crate) fn build(cache: &Path) -> Result<(PathBuf, PathBuf)> {
     std::fs::write(&init_c, INIT_C)?;
     let init = work.join("init");
     quiet(Command::new("gcc").args(["-static", "-Os", "-s", "-o"]).arg(&init).arg(&init_c))?;
-    let cpio = newc(&[
-        Entry::Dir("dev"),
-        Entry::CharDev("dev/console", 5, 1),
-        Entry::Dir("proc"),
-        Entry::File("init", std::fs::read(&init)?),
-    ]);
+    // The kernel's own initramfs writer, built with the kernel
+    // (`BLK_DEV_INITRD`): it makes the device node without root.
+    let list = work.join("initramfs.list");
+    std::fs::write(
+        &list,
+        format!(
+            "dir /dev 755 0 0\nnod /dev/console 600 0 0 c 5 1\ndir /proc 755 0 0\n\
+             file /init {} 755 0 0\n",
+            init.display()
+        ),
+    )?;
+    let cpio = work.join("initrd.cpio");
+    crate::run(
+        Command::new(src.join("usr/gen_init_cpio"))
+            .arg(&list)
+            .stdout(std::fs::File::create(&cpio)?),
+    )?;
 
     let out = work.join("out");
     std::fs::create_dir_all(&out)?;
     std::fs::copy(src.join("vmlinux"), out.join("vmlinux"))?;
-    std::fs::write(out.join("initrd.cpio"), cpio)?;
+    std::fs::rename(&cpio, out.join("initrd.cpio"))?;
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.parent().context("cache dir")?)?;
     std::fs::rename(&out, &dir)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok((kernel, initrd))
-}
-
-enum Entry<'a> {
-    Dir(&'a str),
-    /// Path, major, minor.
-    CharDev(&'a str, u32, u32),
-    File(&'a str, Vec<u8>),
-}
-
-/// An initramfs in the kernel's "newc" cpio format (what `cpio -H newc`
-/// writes), made here so that the device node needs no root.
-fn newc(entries: &[Entry<'_>]) -> Vec<u8> {
-    fn record(out: &mut Vec<u8>, ino: u32, name: &str, mode: u32, rdev: (u32, u32), data: &[u8]) {
-        let fields = [
-            ino,
-            mode,
-            0, // uid
-            0, // gid
-            if mode & 0o170000 == 0o040000 { 2 } else { 1 },
-            0, // mtime
-            u32::try_from(data.len()).expect("initramfs file under 4 GiB"),
-            0, // devmajor
-            0, // devminor
-            rdev.0,
-            rdev.1,
-            u32::try_from(name.len() + 1).expect("short name"),
-            0, // check
-        ];
-        out.extend_from_slice(b"070701");
-        for f in fields {
-            out.extend_from_slice(format!("{f:08x}").as_bytes());
-        }
-        out.extend_from_slice(name.as_bytes());
-        out.push(0);
-        out.resize(out.len().next_multiple_of(4), 0);
-        out.extend_from_slice(data);
-        out.resize(out.len().next_multiple_of(4), 0);
-    }
-    let mut out = Vec::new();
-    for (ino, entry) in (1..).zip(entries) {
-        match entry {
-            Entry::Dir(name) => record(&mut out, ino, name, 0o040755, (0, 0), &[]),
-            Entry::CharDev(name, major, minor) => {
-                record(&mut out, ino, name, 0o020600, (*major, *minor), &[]);
-            }
-            Entry::File(name, data) => record(&mut out, ino, name, 0o100755, (0, 0), data),
-        }
-    }
-    record(&mut out, 0, "TRAILER!!!", 0, (0, 0), &[]);
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn newc_is_what_cpio_reads() {
-        let archive = newc(&[
-            Entry::Dir("dev"),
-            Entry::CharDev("dev/console", 5, 1),
-            Entry::File("init", b"#!/bin/sh\n".to_vec()),
-        ]);
-        // Header (110 bytes) + "dev\0" padded: the next record starts 4-aligned.
-        assert_eq!(&archive[..6], b"070701");
-        assert_eq!(archive.len() % 4, 0);
-        let Ok(out) = Command::new("cpio")
-            .args(["-t", "-v", "--quiet"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut child| {
-                use std::io::Write as _;
-                child.stdin.take().expect("stdin").write_all(&archive)?;
-                child.wait_with_output()
-            })
-        else {
-            eprintln!("SKIPPED newc_is_what_cpio_reads: no cpio on this machine");
-            return;
-        };
-        let listing = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{listing}");
-        let lines: Vec<&str> = listing.lines().collect();
-        assert_eq!(lines.len(), 3, "{listing}");
-        assert!(lines[0].starts_with("drwxr-xr-x") && lines[0].ends_with(" dev"), "{listing}");
-        assert!(lines[1].starts_with("crw-------") && lines[1].contains("5,"), "{listing}");
-        assert!(lines[2].starts_with("-rwxr-xr-x") && lines[2].ends_with(" init"), "{listing}");
-    }
 }
