@@ -17,7 +17,7 @@ const ONLY: &[(&str, &[&str])] = &[
 ];
 
 /// `types` is the vocabulary: no IO, no async, no workspace crates.
-const TYPES_MAY_USE: &[&str] = &["chrono", "serde", "thiserror"];
+const TYPES_MAY_USE: &[&str] = &["chrono", "humantime", "serde", "thiserror"];
 
 pub(crate) fn run(root: &Path) -> Result<()> {
     let mut problems = Vec::new();

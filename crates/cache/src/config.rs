@@ -7,15 +7,18 @@
 //! token_jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
 //! ttl = "7d"                      # unused entries older than this are evicted
 //! max_repo_bytes = 10000000000    # per repository, least recently used evicted first
-//! eviction_schedule = "every 1h"  # or "daily 03:00" (UTC)
+//! eviction_schedule = "1h"       # every hour, or "daily 03:00" (UTC)
 //! # public_url = "https://cache.example"   # origin in signed URLs; default: the request's Host
 //! # insecure_skip_token_verification = true  # development only, logged loudly
 //! ```
 //!
-//! Durations are `<n>s`, `<n>m`, `<n>h` or `<n>d`.
+//! Durations are written as everywhere in the file
+//! ([`hangar_types::duration`]: `"30s"`, `"30m"`, `"72h"`, `"7d"`) and parsed
+//! when the file is read.
 
 use std::time::Duration;
 
+use hangar_types::duration;
 use serde::Deserialize;
 
 /// GitHub's token issuer, the default.
@@ -42,17 +45,20 @@ pub struct CacheConfig {
     /// so URLs handed out before a restart stop working.
     pub url_signing_key: Option<String>,
     /// How long signed URLs stay valid.
-    pub url_ttl: String,
+    #[serde(with = "duration")]
+    pub url_ttl: Duration,
     /// Evict entries unused for this long.
-    pub ttl: String,
+    #[serde(with = "duration")]
+    pub ttl: Duration,
     /// Per-repository size cap in bytes.
     pub max_repo_bytes: u64,
     /// Largest single entry accepted, in bytes.
     pub max_entry_bytes: u64,
     /// Unfinished uploads older than this are purged.
-    pub upload_timeout: String,
-    /// `every <duration>` or `daily HH:MM` (UTC).
-    pub eviction_schedule: String,
+    #[serde(with = "duration")]
+    pub upload_timeout: Duration,
+    /// A duration (`"1h"`: that often) or `daily HH:MM` (UTC).
+    pub eviction_schedule: Schedule,
 }
 
 impl Default for CacheConfig {
@@ -65,12 +71,12 @@ impl Default for CacheConfig {
             insecure_skip_token_verification: false,
             public_url: None,
             url_signing_key: None,
-            url_ttl: "6h".to_owned(),
-            ttl: "7d".to_owned(),
+            url_ttl: Duration::from_secs(6 * 3600),
+            ttl: Duration::from_secs(7 * 86_400),
             max_repo_bytes: 10_000_000_000,
             max_entry_bytes: 50 * 1024 * 1024 * 1024,
-            upload_timeout: "30m".to_owned(),
-            eviction_schedule: "every 1h".to_owned(),
+            upload_timeout: Duration::from_secs(30 * 60),
+            eviction_schedule: Schedule::Every(Duration::from_secs(3600)),
         }
     }
 }
@@ -85,7 +91,8 @@ pub struct ConfigError {
 }
 
 /// When eviction runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum Schedule {
     Every(Duration),
     /// Daily at this many minutes after midnight UTC.
@@ -108,13 +115,17 @@ pub struct Settings {
 impl CacheConfig {
     /// Checks every value; the first bad one is the error.
     pub fn settings(&self) -> Result<Settings, ConfigError> {
-        let duration = |key, value: &str| {
-            parse_duration(value).ok_or(ConfigError {
-                key,
-                value: value.to_owned(),
-                expected: "a duration such as 30s, 30m, 72h or 7d",
-            })
-        };
+        for (key, value) in
+            [("url_ttl", self.url_ttl), ("ttl", self.ttl), ("upload_timeout", self.upload_timeout)]
+        {
+            if value.is_zero() {
+                return Err(ConfigError {
+                    key,
+                    value: duration::format(value),
+                    expected: "more than 0s",
+                });
+            }
+        }
         if let Some(storage) = &self.storage {
             let ok = storage.starts_with("file:///") || storage.starts_with("s3://");
             if !ok {
@@ -137,46 +148,39 @@ impl CacheConfig {
             }
         }
         Ok(Settings {
-            url_ttl: duration("url_ttl", &self.url_ttl)?,
-            ttl: duration("ttl", &self.ttl)?,
-            upload_timeout: duration("upload_timeout", &self.upload_timeout)?,
-            schedule: parse_schedule(&self.eviction_schedule).ok_or(ConfigError {
-                key: "eviction_schedule",
-                value: self.eviction_schedule.clone(),
-                expected: "\"every <duration>\" or \"daily HH:MM\"",
-            })?,
+            url_ttl: self.url_ttl,
+            ttl: self.ttl,
+            upload_timeout: self.upload_timeout,
+            schedule: self.eviction_schedule,
             max_repo_bytes: self.max_repo_bytes,
             max_entry_bytes: self.max_entry_bytes,
         })
     }
 }
 
-/// `30s`, `30m`, `72h`, `7d`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let unit = s.chars().last()?;
-    let n: u64 = s[..s.len() - unit.len_utf8()].trim().parse().ok()?;
-    let secs = match unit {
-        's' => n,
-        'm' => n.checked_mul(60)?,
-        'h' => n.checked_mul(3600)?,
-        'd' => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    (secs > 0).then(|| Duration::from_secs(secs))
-}
+impl TryFrom<String> for Schedule {
+    type Error = String;
 
-/// `every 1h` or `daily 03:00`.
-pub fn parse_schedule(s: &str) -> Option<Schedule> {
-    let (kind, arg) = s.trim().split_once(' ')?;
-    match kind {
-        "every" => parse_duration(arg).map(Schedule::Every),
-        "daily" => {
-            let (h, m) = arg.trim().split_once(':')?;
-            let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
-            (h < 24 && m < 60).then_some(Schedule::DailyAt { minute_of_day: h * 60 + m })
+    /// A duration (`"1h"`) or `daily HH:MM`.
+    fn try_from(text: String) -> Result<Schedule, String> {
+        let expected = "expected a duration such as \"1h\" (that often) or \"daily HH:MM\" (UTC)";
+        let text = text.trim();
+        if let Some(every) = text.strip_prefix("every ") {
+            return Err(format!("{expected}: write {:?} for {text:?}", every.trim()));
         }
-        _ => None,
+        if let Some(at) = text.strip_prefix("daily ") {
+            let minute_of_day = at.trim().split_once(':').and_then(|(h, m)| {
+                let (h, m): (u32, u32) = (h.parse().ok()?, m.parse().ok()?);
+                (h < 24 && m < 60).then_some(h * 60 + m)
+            });
+            return minute_of_day
+                .map(|minute_of_day| Schedule::DailyAt { minute_of_day })
+                .ok_or_else(|| format!("{expected}, got {text:?}"));
+        }
+        match duration::parse(text) {
+            Ok(every) if !every.is_zero() => Ok(Schedule::Every(every)),
+            _ => Err(format!("{expected}, got {text:?}")),
+        }
     }
 }
 
@@ -207,30 +211,36 @@ mod tests {
         assert_eq!(s.ttl, Duration::from_secs(7 * 86_400));
         assert_eq!(s.upload_timeout, Duration::from_secs(1800));
         assert_eq!(s.max_repo_bytes, 10_000_000_000);
+        assert_eq!(s.schedule, Schedule::Every(Duration::from_secs(3600)));
     }
 
     #[test]
     fn toml_section_parses_and_rejects_unknown_keys() {
         let c: CacheConfig =
-            toml_like(r#"{"storage":"s3://b/p","ttl":"72h","eviction_schedule":"daily 03:00"}"#);
+            parse(r#"{"storage":"s3://b/p","ttl":"72h","eviction_schedule":"daily 03:00"}"#)
+                .unwrap();
         let s = c.settings().unwrap();
         assert_eq!(s.ttl, Duration::from_secs(72 * 3600));
         assert_eq!(s.schedule, Schedule::DailyAt { minute_of_day: 180 });
-        assert!(serde_json::from_str::<CacheConfig>(r#"{"stroage":"x"}"#).is_err());
+        let c = parse(r#"{"eviction_schedule":"30m"}"#).unwrap();
+        assert_eq!(c.eviction_schedule, Schedule::Every(Duration::from_secs(1800)));
+        assert!(parse(r#"{"stroage":"x"}"#).is_err());
     }
 
-    fn toml_like(json: &str) -> CacheConfig {
-        serde_json::from_str(json).unwrap()
+    fn parse(json: &str) -> Result<CacheConfig, String> {
+        serde_json::from_str(json).map_err(|e| e.to_string())
     }
 
     #[test]
-    fn bad_values_name_the_key() {
-        let c = CacheConfig { ttl: "soon".into(), ..CacheConfig::default() };
-        assert_eq!(c.settings().unwrap_err().key, "ttl");
+    fn bad_values_name_the_key_and_old_spellings_say_the_new_one() {
+        assert!(parse(r#"{"ttl":"soon"}"#).unwrap_err().contains("expected a duration"));
+        let old = parse(r#"{"eviction_schedule":"every 1h"}"#).unwrap_err();
+        assert!(old.contains(r#"write "1h""#), "{old}");
+        assert!(parse(r#"{"eviction_schedule":"daily 25:00"}"#).is_err());
         let c = CacheConfig { storage: Some("/tmp/x".into()), ..CacheConfig::default() };
         assert_eq!(c.settings().unwrap_err().key, "storage");
-        let c = CacheConfig { eviction_schedule: "daily 25:00".into(), ..CacheConfig::default() };
-        assert_eq!(c.settings().unwrap_err().key, "eviction_schedule");
+        let c = CacheConfig { ttl: Duration::ZERO, ..CacheConfig::default() };
+        assert_eq!(c.settings().unwrap_err().key, "ttl");
     }
 
     #[test]

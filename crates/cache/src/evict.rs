@@ -115,20 +115,22 @@ pub async fn evict_repo_over_cap(
     apply(service, plan, dry_run).await
 }
 
-/// Runs [`evict`] on the configured schedule until the task is dropped.
-pub fn spawn_schedule(service: CacheService) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        loop {
-            let delay = service.settings.schedule.delay_from(service.now());
-            tokio::time::sleep(delay).await;
-            match evict(&service, false).await {
-                Ok(report) => {
-                    tracing::info!(evicted = report.removed.len(), "cache: eviction pass done");
-                }
-                Err(e) => tracing::warn!(error = %e, "cache: eviction pass failed"),
-            }
+/// Runs [`evict`] on the configured schedule until `stop` is cancelled. A
+/// pass under way when it is finishes first (its steps are not cut).
+pub async fn schedule(service: CacheService, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        let delay = service.settings.schedule.delay_from(service.now());
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(delay) => {}
         }
-    })
+        match evict(&service, false).await {
+            Ok(report) => {
+                tracing::info!(evicted = report.removed.len(), "cache: eviction pass done");
+            }
+            Err(e) => tracing::warn!(error = %e, "cache: eviction pass failed"),
+        }
+    }
 }
 
 #[cfg(test)]

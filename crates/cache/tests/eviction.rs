@@ -34,7 +34,11 @@ async fn found(svc: &CacheService, repo: i64, key: &str) -> bool {
 }
 
 fn service(index: Arc<MemIndex>, clock: &ManualClock, dir: &std::path::Path) -> CacheService {
-    let config = CacheConfig { ttl: "72h".into(), max_repo_bytes: 1000, ..CacheConfig::default() };
+    let config = CacheConfig {
+        ttl: std::time::Duration::from_secs(72 * 3600),
+        max_repo_bytes: 1000,
+        ..CacheConfig::default()
+    };
     CacheService::new(&config, dir, index, Arc::new(clock.clone())).unwrap()
 }
 

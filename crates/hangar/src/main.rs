@@ -1,8 +1,7 @@
-//! `hangar`: the one binary. Each subcommand lives in `cmd/`.
+//! `hangar`: the one binary. Each subcommand lives in `cmd/`; the system
+//! itself is built by the library's [`hangar::App`].
 
 mod cmd;
-mod config;
-mod lifecycle;
 
 use std::path::PathBuf;
 
@@ -41,6 +40,10 @@ enum Command {
     /// Reproducible measurements (see docs/BENCHMARKS.md).
     #[command(subcommand)]
     Bench(cmd::bench::Command),
+    /// The stand-in runner `hangar demo` runs (speaks only to the GitHub
+    /// simulator), so the demo needs nothing but this binary.
+    #[command(hide = true)]
+    StandinRunner(cmd::demo::StandinArgs),
 }
 
 /// Where `--config` points, else `HANGAR_CONFIG`, else `./hangar.toml` when
@@ -63,6 +66,7 @@ fn main() -> Result<()> {
             Command::Cache(args) => cmd::cache::run(args).await,
             Command::Bench(command) => cmd::bench::run(command).await,
             Command::Demo(args) => cmd::demo::run(args).await,
+            Command::StandinRunner(args) => cmd::demo::standin_runner(args).await,
         }
     })
 }

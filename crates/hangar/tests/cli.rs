@@ -142,22 +142,40 @@ fn config_check_names_the_file_the_key_and_the_problem() {
     assert!(text.contains("hangar.toml: ok"), "{text}");
 
     let microvm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/microvm.toml");
-    let (ok, text) = run(&["config", "check", "--config", microvm.to_str().expect("utf-8")], "");
+    let check = |token: Option<&str>| {
+        let mut command = hangar();
+        command.args(["config", "check", "--config"]).arg(&microvm);
+        match token {
+            Some(token) => command.env("HANGAR_GITHUB_TOKEN", token),
+            None => command.env_remove("HANGAR_GITHUB_TOKEN"),
+        };
+        let out = command.output().expect("run hangar");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    // Its pools need credentials, which it leaves to the environment.
+    let (ok, text) = check(None);
+    assert!(!ok && text.contains("key `github`: expected GitHub credentials"), "{text}");
+    let (ok, text) = check(Some("ghp_example"));
     assert!(ok, "{text}");
     assert!(text.contains("pool linux-vm: provider microvm"), "{text}");
-    assert!(text.contains("pool linux-auto: provider auto"), "{text}");
+    assert!(
+        text.contains("pool linux-auto: provider auto (microVMs, else local processes"),
+        "{text}"
+    );
 
     let dir = tempfile::tempdir().expect("dir");
     let typo = dir.path().join("typo.toml");
     std::fs::write(
         &typo,
-        "[[pools]]\nname = \"a\"\nlabels = [\"linux\"]\nprovider = \"auto\"\nmax_runners = 1\n\
-         [pools.settings.microvm]\nvcpu = 2\n",
+        "[scheduler]\nrunner_scope = \"o\"\n[[pools]]\nname = \"a\"\nlabels = [\"linux\"]\n\
+         max_runners = 1\n[pools.provider.auto]\nmicrovm = { vcpu = 2 }\n",
     )
     .expect("write");
     let (ok, text) = run(&["config", "check", "--config", typo.to_str().expect("utf-8")], "");
     assert!(!ok);
-    assert!(text.contains("key `pools[0].settings.microvm`"), "{text}");
+    assert!(text.contains("typo.toml:8: key `pools[0].provider.auto.microvm"), "{text}");
     assert!(text.contains("unknown field `vcpu`"), "{text}");
 
     let broken = dir.path().join("broken.toml");
@@ -219,8 +237,9 @@ fn serve_without_pools_runs_the_default_auto_pool_only_with_credentials() {
         ],
     );
     assert!(log.contains("running the default pool `default`"), "{log}");
-    // With no image (and maybe no QEMU) auto falls back, once, saying why.
-    assert_eq!(log.matches("PROVIDER AUTO FELL BACK TO THE PROCESS PROVIDER").count(), 1, "{log}");
+    // With no image (and maybe no QEMU) auto fails closed, once, saying why.
+    assert_eq!(log.matches("is UNHEALTHY and starts no runners").count(), 1, "{log}");
     assert!(log.contains("no microVM image in") || log.contains("QEMU"), "{log}");
-    assert!(log.contains("Runner lifecycle started"), "{log}");
+    assert!(!log.contains("FELL BACK"), "{log}");
+    assert!(log.contains("Runner lifecycle built"), "{log}");
 }

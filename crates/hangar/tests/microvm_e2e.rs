@@ -162,24 +162,23 @@ repositories = ["octo-org/app"]
 
 [scheduler]
 runner_scope = "octo-org"
-reconcile_interval = 0.5
-github_sync_interval = 2
-pickup_deadline = 280
+reconcile_interval = "500ms"
+github_sync_interval = "2s"
+pickup_deadline = "280s"
 
 [[pools]]
 name = "mvm-e2e"
 labels = ["linux", "microvm"]
-provider = "microvm"
 max_runners = 1
-idle_timeout = 300
-[pools.settings]
+idle_timeout = "300s"
+[pools.provider.microvm]
 kernel = "{kernel}"
 rootfs = "{rootfs}"
 qemu = "{qemu}"
 state_dir = "{state}"
 vcpus = 1
 memory_mib = 512
-boot_timeout_secs = 200
+boot_timeout = "200s"
 network = {{ mode = "nat", subnet = "172.30.0.0/16", dns = "127.0.0.1", allow = ["{sim_ip}/32"] }}
 "#,
             secret = SimConfig::DEFAULT_WEBHOOK_SECRET,

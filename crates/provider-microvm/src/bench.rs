@@ -207,7 +207,7 @@ pub async fn bench_run(
     reference: Option<&Reference>,
 ) -> Result<BenchReport, MicrovmError> {
     let pool = PoolName("bench".into());
-    let timeout = Duration::from_secs(base.boot_timeout_secs);
+    let timeout = base.boot_timeout;
     let mut report = BenchReport {
         accel: String::new(),
         runs,

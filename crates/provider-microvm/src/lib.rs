@@ -50,7 +50,7 @@ use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 
 pub use crate::accel::{Accel, AccelChoice};
-pub use crate::config::{MicrovmConfig, NetworkConfig};
+pub use crate::config::{MicrovmConfig, MicrovmSettings, NetworkConfig, VmPaths};
 use crate::vmm::{Qemu, VmPlan, Vmm};
 
 /// Where one VM is; see the module docs for the transitions.
@@ -342,7 +342,7 @@ impl MicrovmProvider {
         let inner = &self.inner;
         let t0 = Instant::now();
         let vm = inner.vm_boot(None, Some(snapshot)).await?;
-        let timeout = Duration::from_secs(inner.config.boot_timeout_secs);
+        let timeout = inner.config.boot_timeout;
         let ok = wait_idle(&vm, timeout).await;
         let elapsed = t0.elapsed();
         inner.vm_destroy(&vm).await;
@@ -478,6 +478,10 @@ impl Provider for MicrovmProvider {
             }
         }
     }
+
+    async fn shutdown(&self) {
+        MicrovmProvider::shutdown(self).await;
+    }
 }
 
 /// Waits until the VM leaves `Booting`; true when it became `Idle`.
@@ -605,7 +609,7 @@ impl Inner {
             // The restored agent already said ready to another process.
             let _ = vm.to_guest.send(HostMessage::Ping);
         }
-        let boot_timeout = Duration::from_secs(self.config.boot_timeout_secs);
+        let boot_timeout = self.config.boot_timeout;
         tokio::spawn(supervise(Arc::clone(&vm), listener, child, from_host, boot_timeout, permit));
         Ok(vm)
     }
@@ -685,7 +689,7 @@ impl Inner {
         let inner = self;
         std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         let vm = inner.vm_boot(None, None).await?;
-        let timeout = Duration::from_secs(inner.config.boot_timeout_secs);
+        let timeout = inner.config.boot_timeout;
         if !wait_idle(&vm, timeout).await {
             inner.vm_destroy(&vm).await;
             return Err(MicrovmError::Vmm(vmm::VmmError::Timeout));

@@ -60,7 +60,7 @@ fn config(env: &Env, state: &Path) -> MicrovmConfig {
     c.qemu = env.qemu.clone();
     c.vcpus = 1;
     c.memory_mib = 512;
-    c.boot_timeout_secs = 150;
+    c.boot_timeout = Duration::from_secs(150);
     c
 }
 
@@ -320,7 +320,7 @@ async fn a_guest_that_never_reports_ready_is_killed_at_the_boot_timeout() {
     let state = tempfile::tempdir().unwrap();
     let _reaper = Reaper(state.path().to_owned());
     let mut c = config(&env, state.path());
-    c.boot_timeout_secs = 1;
+    c.boot_timeout = Duration::from_secs(1);
     // A guest that never runs: QEMU started paused (`-S`) and never resumed.
     // (A short timeout alone is a race: a TCG boot now takes under 1 s.)
     let bin = tempfile::tempdir().unwrap();

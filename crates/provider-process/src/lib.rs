@@ -38,7 +38,7 @@ use hangar_provider::{Health, Instance, InstanceState, Provider, ProviderError, 
 use hangar_types::{RunnerId, Timestamp};
 use serde::Deserialize;
 
-/// The `[pools.settings]` of a `provider = "process"` pool.
+/// The `[pools.provider.process]` section of a process pool.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessConfig {
@@ -52,13 +52,6 @@ pub struct ProcessConfig {
     /// Extra environment for every runner of the pool.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
-}
-
-/// Why the settings of a process pool are unusable.
-#[derive(Debug, thiserror::Error)]
-#[error("pools.settings of a process pool: {message}")]
-pub struct SettingsError {
-    message: String,
 }
 
 /// See the module docs. One value per pool.
@@ -80,18 +73,6 @@ const EXIT_FILE: &str = "exit_code";
 const LOG_FILE: &str = "runner.log";
 
 impl ProcessProvider {
-    /// Builds the provider from a pool's settings table.
-    pub fn from_settings(
-        settings: &toml::Table,
-        default_work_root: &Path,
-    ) -> Result<ProcessProvider, SettingsError> {
-        let config: ProcessConfig = settings
-            .clone()
-            .try_into()
-            .map_err(|e: toml::de::Error| SettingsError { message: e.message().to_owned() })?;
-        Ok(ProcessProvider::new(config, default_work_root))
-    }
-
     pub fn new(config: ProcessConfig, default_work_root: &Path) -> ProcessProvider {
         let work_root = config.work_root.clone().unwrap_or_else(|| default_work_root.to_owned());
         tracing::warn!(
@@ -174,6 +155,10 @@ fn launch_error(runner_id: &RunnerId, reason: &str, source: std::io::Error) -> P
 impl Provider for ProcessProvider {
     fn kind(&self) -> &'static str {
         "process"
+    }
+
+    fn isolated(&self) -> bool {
+        false
     }
 
     async fn launch(&self, spec: &RunnerSpec) -> Result<Instance, ProviderError> {

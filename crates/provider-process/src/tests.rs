@@ -81,12 +81,11 @@ async fn a_new_provider_value_finds_and_destroys_runners_of_the_old_one() {
 
 #[test]
 fn settings_are_checked() {
-    let table: toml::Table = toml::from_str("command = 'run.sh'\nargs = ['--once']").expect("toml");
-    let p = ProcessProvider::from_settings(&table, std::path::Path::new("/tmp/x")).expect("valid");
+    let config: ProcessConfig =
+        toml::from_str("command = 'run.sh'\nargs = ['--once']").expect("valid");
+    let p = ProcessProvider::new(config, std::path::Path::new("/tmp/x"));
     assert_eq!(p.config.args, vec!["--once".to_owned()]);
-    let table: toml::Table = toml::from_str("comand = 'run.sh'").expect("toml");
-    let err =
-        ProcessProvider::from_settings(&table, std::path::Path::new("/tmp/x")).expect_err("typo");
+    let err = toml::from_str::<ProcessConfig>("comand = 'run.sh'").expect_err("typo");
     assert!(err.to_string().contains("comand"), "{err}");
 }
 

@@ -36,6 +36,8 @@ pub mod conformance;
 mod fake;
 #[cfg(feature = "testing")]
 pub use fake::FakeProvider;
+mod unavailable;
+pub use unavailable::Unavailable;
 
 use hangar_types::{Labels, PoolName, RunnerId, Secret, Timestamp};
 use serde::{Deserialize, Serialize};
@@ -139,4 +141,15 @@ pub trait Provider: Send + Sync + fmt::Debug {
 
     /// Whether launches can succeed now.
     async fn health(&self) -> Health;
+
+    /// Whether a runner's job is kept from the host and from other runners
+    /// (its own VM or machine). The process provider is not.
+    fn isolated(&self) -> bool {
+        true
+    }
+
+    /// Stops what the provider keeps running for itself (pre-booted
+    /// capacity, refill tasks) before hangar exits. Runner instances stay:
+    /// the next start finds them through [`Provider::list`].
+    async fn shutdown(&self) {}
 }

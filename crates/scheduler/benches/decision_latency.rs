@@ -12,11 +12,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hangar::config::{Overrides, ProviderConfig};
 use hangar_github::{Auth, ClientConfig, GitHubApi, RestClient, RunnerScope};
 use hangar_provider::{FakeProvider, Provider};
-use hangar_scheduler::{Lifecycle, PoolConfig, SchedulerConfig};
+use hangar_scheduler::{PoolConfig, SchedulerConfig};
 use hangar_simulator::{JobSpec, SimConfig, Simulator};
-use hangar_store::{NewDelivery, Store};
+use hangar_store::NewDelivery;
 use hangar_types::{DeliveryId, JobAction, JobEvent, JobId, PoolName, Secret};
 
 const REPO: &str = "octo-org/app";
@@ -26,8 +27,6 @@ async fn main() {
     let jobs: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1000);
     let dir = tempfile::tempdir().expect("tempdir");
     let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
-    let store =
-        Store::open(&Store::sqlite_url(&dir.path().join("hangar.db"))).await.expect("store");
     let github = Arc::new(
         RestClient::new(ClientConfig::new(
             sim.api_url(),
@@ -38,32 +37,38 @@ async fn main() {
     let pool = PoolConfig {
         name: PoolName("linux".into()),
         labels: vec!["linux".into()],
-        provider: "fake".into(),
         max_runners: u32::try_from(jobs).expect("jobs fit u32"),
         min_hot: 0,
         idle_timeout: Duration::from_secs(3600),
         keep_warm: Duration::ZERO,
-        settings: toml::Table::new(),
+        provider: ProviderConfig::default(),
     };
     let config = SchedulerConfig {
-        runner_scope: Some("octo-org".into()),
+        runner_scope: Some(RunnerScope::Organization("octo-org".into())),
         reconcile_interval: Duration::from_secs(1),
         pickup_deadline: Duration::from_secs(3600),
         ..SchedulerConfig::default()
     };
+    // The system as `hangar serve` builds it, with the fake provider.
+    let overrides = Overrides { listen: None, data_dir: Some(dir.path().to_owned()) };
+    let mut resolved =
+        hangar::config::load_text("bench.toml", "", &hangar::config::no_env, overrides)
+            .expect("an empty config loads");
+    resolved.scheduler = config;
+    resolved.runners_off = None;
+    resolved.file.cache.enabled = false;
     let fake = FakeProvider::new();
     let providers: HashMap<PoolName, Arc<dyn Provider>> =
         HashMap::from([(pool.name.clone(), Arc::new(fake.clone()) as Arc<dyn Provider>)]);
-    let wake = Arc::new(tokio::sync::Notify::new());
-    let lifecycle = Lifecycle::new(
-        store.clone(),
-        github.clone(),
-        RunnerScope::Organization("octo-org".into()),
-        config,
-        vec![pool],
+    resolved.pools = vec![pool];
+    let parts = hangar::Parts {
+        github: Some(github.clone() as Arc<dyn GitHubApi>),
         providers,
-        wake.clone(),
-    );
+        ..hangar::Parts::default()
+    };
+    let app = hangar::App::build(&resolved, parts).await.expect("the app builds");
+    let lifecycle = app.lifecycle().expect("the pool runs").clone();
+    let store = app.store().clone();
 
     // Jobs exist on "GitHub" first; their webhooks are then accepted as a burst.
     let mut events = Vec::with_capacity(jobs);
@@ -73,12 +78,12 @@ async fn main() {
         events.push(job.fields);
     }
     let calls_before = sim.counters().api_calls_total;
-    let task = lifecycle.spawn();
+    lifecycle.start_reconciler();
     let started = Instant::now();
     let mut accepted = Vec::with_capacity(jobs);
     for fields in events {
         let store = store.clone();
-        let wake = wake.clone();
+        let handle = lifecycle.handle();
         accepted.push(tokio::spawn(async move {
             let delivery_id = DeliveryId(format!("bench-{}", fields.id));
             let received_at = chrono::Utc::now();
@@ -99,7 +104,7 @@ async fn main() {
                 .await
                 .expect("recorded");
             // What the webhook intake does for an accepted job change.
-            wake.notify_one();
+            handle.activate();
         }));
     }
     for handle in accepted {
@@ -110,7 +115,7 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let elapsed = started.elapsed();
-    task.abort();
+    app.stop().await;
 
     let launched: HashMap<String, chrono::DateTime<chrono::Utc>> =
         fake.launches().into_iter().map(|(id, at)| (id.to_string(), at)).collect();

@@ -1,31 +1,34 @@
 //! The scheduler's part of `hangar.toml`: the `[scheduler]` section (timers,
-//! deadlines, retry bounds) and the `[[pools]]` list.
+//! deadlines, retry bounds) and the scheduling half of each `[[pools]]`
+//! entry.
 //!
 //! ```toml
 //! [scheduler]
-//! pickup_deadline = 300      # seconds; fractions allowed everywhere
+//! runner_scope = "octo-org"  # or "owner/repo"
+//! pickup_deadline = "5m"
 //!
 //! [[pools]]
 //! name = "linux-x64"
 //! labels = ["linux", "x64"]  # `self-hosted` is always added
-//! provider = "process"
 //! max_runners = 20
 //! min_hot = 2
-//! idle_timeout = 300
-//! keep_warm = 60
-//! [pools.settings]           # handed to the provider as-is
-//! command = "/usr/local/bin/hangar-standin-runner"
+//! idle_timeout = "5m"
+//! keep_warm = "1m"
+//! provider = "microvm"       # the binary's half, see `PoolConfig::provider`
 //! ```
 //!
-//! Durations are plain numbers of seconds so a config stays greppable and
-//! tests can use fractions. Every struct denies unknown fields: a typo is an
-//! error naming the key, never a silently ignored setting.
+//! Durations use the one syntax of the whole file ([`hangar_types::duration`]).
+//! Every struct denies unknown fields: a typo is an error naming the key,
+//! never a silently ignored setting. [`validate`] checks what serde cannot;
+//! the binary runs it when it loads the file, so `hangar config check` and
+//! `hangar serve` accept the same files.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use hangar_types::{Labels, PoolName};
-use serde::{Deserialize, Deserializer, Serialize};
+use hangar_github::RunnerScope;
+use hangar_types::{Labels, PoolName, duration};
+use serde::{Deserialize, Serialize};
 
 /// The label every hangar runner carries, as GitHub's own self-hosted runners do.
 pub const SELF_HOSTED: &str = "self-hosted";
@@ -37,29 +40,29 @@ pub struct SchedulerConfig {
     /// Where runners are registered: an organization (`octo-org`) or one
     /// repository (`owner/repo`). Required as soon as a pool is configured.
     #[serde(default)]
-    pub runner_scope: Option<String>,
+    pub runner_scope: Option<RunnerScope>,
     /// How often the reconciler runs without being poked by a webhook.
-    #[serde(default = "defaults::reconcile_interval", with = "secs")]
+    #[serde(default = "defaults::reconcile_interval", with = "duration")]
     pub reconcile_interval: Duration,
     /// How often GitHub is polled for queued jobs, runner registrations
     /// (orphans) and failed webhook deliveries.
-    #[serde(default = "defaults::github_sync_interval", with = "secs")]
+    #[serde(default = "defaults::github_sync_interval", with = "duration")]
     pub github_sync_interval: Duration,
     /// A runner made for a job that is still queued and not picked up this
     /// long after launch is torn down and replaced.
-    #[serde(default = "defaults::pickup_deadline", with = "secs")]
+    #[serde(default = "defaults::pickup_deadline", with = "duration")]
     pub pickup_deadline: Duration,
     /// No idle runner lives longer than this.
-    #[serde(default = "defaults::max_lifetime", with = "secs")]
+    #[serde(default = "defaults::max_lifetime", with = "duration")]
     pub max_lifetime: Duration,
     /// Launches per job before hangar gives up and says so on the job.
     #[serde(default = "defaults::launch_attempts")]
     pub launch_attempts: u32,
     /// Wait before the second launch of a job; doubles per further attempt.
-    #[serde(default = "defaults::launch_backoff", with = "secs")]
+    #[serde(default = "defaults::launch_backoff", with = "duration")]
     pub launch_backoff: Duration,
     /// A provider launch or destroy that takes longer has failed.
-    #[serde(default = "defaults::provider_timeout", with = "secs")]
+    #[serde(default = "defaults::provider_timeout", with = "duration")]
     pub provider_timeout: Duration,
     /// Runner creations (JIT mint + launch) in flight at once.
     #[serde(default = "defaults::max_concurrent_launches")]
@@ -67,34 +70,62 @@ pub struct SchedulerConfig {
     /// GitHub runner group new runners join (1 is "Default").
     #[serde(default = "defaults::runner_group_id")]
     pub runner_group_id: i64,
+    /// On stop, how long runner creations and teardowns already under way
+    /// get to reach their next recorded step before hangar exits anyway.
+    #[serde(default = "defaults::shutdown_grace", with = "duration")]
+    pub shutdown_grace: Duration,
 }
 
-/// One `[[pools]]` entry.
+/// One `[[pools]]` entry. The scheduler reads only the scheduling fields;
+/// `provider` is the part the binary owns (which machines run the pool's
+/// runners, with their typed settings), so the scheduler never depends on a
+/// provider implementation. The scheduler's own view is `PoolConfig<()>`
+/// ([`PoolConfig::scheduling`]).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct PoolConfig {
+pub struct PoolConfig<P = ()> {
     pub name: PoolName,
     /// The labels runners of this pool register with (plus `self-hosted`).
     pub labels: Vec<String>,
-    /// Which provider runs this pool's runners: `process`, `microvm`, `ec2`, `fake`.
-    pub provider: String,
     pub max_runners: u32,
     /// Runners kept started and idle, waiting for jobs.
     #[serde(default)]
     pub min_hot: u32,
     /// An idle runner nobody needs is torn down after this long.
-    #[serde(default = "defaults::idle_timeout", with = "secs")]
+    #[serde(default = "defaults::idle_timeout", with = "duration")]
     pub idle_timeout: Duration,
     /// After a job of this pool completes, keep one more runner warm for
     /// this long (reruns get a runner at once).
-    #[serde(default, with = "secs")]
+    #[serde(default, with = "duration")]
     pub keep_warm: Duration,
-    /// Provider-specific settings, validated by the provider when built.
+    /// What runs this pool's runners (the binary's provider config).
     #[serde(default)]
-    pub settings: toml::Table,
+    pub provider: P,
 }
 
-impl PoolConfig {
+impl<P> PoolConfig<P> {
+    /// The pool as the scheduler sees it, and its provider part.
+    pub fn scheduling(self) -> (PoolConfig, P) {
+        let (pool, provider) = self.with_provider(());
+        (pool, provider)
+    }
+
+    /// The same pool with another provider part; returns the old one.
+    pub fn with_provider<Q>(self, provider: Q) -> (PoolConfig<Q>, P) {
+        let PoolConfig {
+            name,
+            labels,
+            max_runners,
+            min_hot,
+            idle_timeout,
+            keep_warm,
+            provider: old,
+        } = self;
+        (PoolConfig { name, labels, max_runners, min_hot, idle_timeout, keep_warm, provider }, old)
+    }
+}
+
+impl<P> PoolConfig<P> {
     /// The labels a runner of this pool registers with: the configured ones
     /// and `self-hosted`.
     pub fn runner_labels(&self) -> Labels {
@@ -116,7 +147,10 @@ pub struct ConfigError {
 }
 
 /// Checks what serde cannot: unique names, sane bounds.
-pub fn validate(scheduler: &SchedulerConfig, pools: &[PoolConfig]) -> Result<(), ConfigError> {
+pub fn validate<P>(
+    scheduler: &SchedulerConfig,
+    pools: &[PoolConfig<P>],
+) -> Result<(), ConfigError> {
     let err = |key: String, expected: &str| Err(ConfigError { key, expected: expected.into() });
     if scheduler.launch_attempts == 0 {
         return err("scheduler.launch_attempts".into(), "expected at least 1");
@@ -125,14 +159,12 @@ pub fn validate(scheduler: &SchedulerConfig, pools: &[PoolConfig]) -> Result<(),
         return err("scheduler.max_concurrent_launches".into(), "expected at least 1");
     }
     if scheduler.reconcile_interval.is_zero() {
-        return err("scheduler.reconcile_interval".into(), "expected more than 0 seconds");
+        return err("scheduler.reconcile_interval".into(), "expected more than 0s");
     }
-    let scope_ok = scheduler.runner_scope.as_deref().is_some_and(|s| {
-        let mut parts = s.split('/');
-        let valid = |p: Option<&str>| p.is_some_and(|p| !p.is_empty());
-        valid(parts.next()) && parts.next().is_none_or(|p| !p.is_empty()) && parts.next().is_none()
-    });
-    if !pools.is_empty() && !scope_ok {
+    if scheduler.shutdown_grace.is_zero() {
+        return err("scheduler.shutdown_grace".into(), "expected more than 0s");
+    }
+    if !pools.is_empty() && scheduler.runner_scope.is_none() {
         return err(
             "scheduler.runner_scope".into(),
             "expected the organization (`octo-org`) or repository (`owner/repo`) runners register in",
@@ -180,6 +212,7 @@ impl Default for SchedulerConfig {
             provider_timeout: defaults::provider_timeout(),
             max_concurrent_launches: defaults::max_concurrent_launches(),
             runner_group_id: defaults::runner_group_id(),
+            shutdown_grace: defaults::shutdown_grace(),
         }
     }
 }
@@ -217,28 +250,8 @@ mod defaults {
     pub(super) fn idle_timeout() -> Duration {
         Duration::from_secs(300)
     }
-}
-
-/// Durations as (possibly fractional) seconds.
-mod secs {
-    use super::*;
-
-    pub(super) fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Num {
-            Int(u64),
-            Float(f64),
-        }
-        match Num::deserialize(d)? {
-            Num::Int(secs) => Ok(Duration::from_secs(secs)),
-            Num::Float(secs) => Duration::try_from_secs_f64(secs)
-                .map_err(|_| serde::de::Error::custom("expected a non-negative number of seconds")),
-        }
+    pub(super) fn shutdown_grace() -> Duration {
+        Duration::from_secs(30)
     }
 }
 
@@ -251,7 +264,7 @@ mod tests {
     struct File {
         #[serde(default)]
         scheduler: Option<SchedulerConfig>,
-        pools: Vec<PoolConfig>,
+        pools: Vec<PoolConfig<String>>,
     }
 
     #[test]
@@ -263,13 +276,12 @@ mod tests {
             labels = ["Linux", "X64"]
             provider = "process"
             max_runners = 20
-            keep_warm = 1.5
-            [pools.settings]
-            command = "run.sh"
+            keep_warm = "1500ms"
             "#,
         )
         .expect("valid config");
-        let pool = &file.pools[0];
+        let (pool, provider) = file.pools[0].clone().scheduling();
+        assert_eq!(provider, "process");
         assert_eq!(pool.runner_labels(), Labels::new(["self-hosted", "linux", "x64"]));
         assert!(pool.matches(&Labels::new(["self-hosted", "LINUX"])));
         assert!(!pool.matches(&Labels::new(["self-hosted", "gpu"])));
@@ -278,9 +290,29 @@ mod tests {
         assert!(file.scheduler.is_none());
         let err = validate(&SchedulerConfig::default(), &file.pools).expect_err("no scope");
         assert!(err.to_string().starts_with("scheduler.runner_scope: expected"), "{err}");
-        let scoped =
-            SchedulerConfig { runner_scope: Some("octo-org".into()), ..SchedulerConfig::default() };
+        let scoped = SchedulerConfig {
+            runner_scope: RunnerScope::parse("octo-org"),
+            ..SchedulerConfig::default()
+        };
         validate(&scoped, &file.pools).expect("valid pools");
+    }
+
+    #[test]
+    fn durations_are_strings_and_old_seconds_are_refused_with_the_new_spelling() {
+        let file: File = toml::from_str(
+            "pools = []\n[scheduler]\npickup_deadline = \"2m\"\nreconcile_interval = \"250ms\"\n",
+        )
+        .map_err(|e| e.to_string())
+        .unwrap_or_else(|e| panic!("{e}"));
+        let scheduler = file.scheduler.expect("section");
+        assert_eq!(scheduler.pickup_deadline, Duration::from_secs(120));
+        assert_eq!(scheduler.reconcile_interval, Duration::from_millis(250));
+        let old = toml::from_str::<File>("pools = []\n[scheduler]\npickup_deadline = 300\n");
+        let message = old.err().expect("bare seconds refused").to_string();
+        assert!(message.contains("write \"300s\""), "{message}");
+        let scope = toml::from_str::<File>("pools = []\n[scheduler]\nrunner_scope = \"a/b/c\"\n");
+        let message = scope.err().expect("bad scope refused").to_string();
+        assert!(message.contains("owner/repo"), "{message}");
     }
 
     #[test]
@@ -294,15 +326,16 @@ mod tests {
         let pool = |name: &str, max, min_hot| PoolConfig {
             name: PoolName(name.into()),
             labels: vec!["linux".into()],
-            provider: "fake".into(),
             max_runners: max,
             min_hot,
             idle_timeout: Duration::from_secs(1),
             keep_warm: Duration::ZERO,
-            settings: toml::Table::new(),
+            provider: (),
         };
-        let cfg =
-            SchedulerConfig { runner_scope: Some("o/r".into()), ..SchedulerConfig::default() };
+        let cfg = SchedulerConfig {
+            runner_scope: RunnerScope::parse("o/r"),
+            ..SchedulerConfig::default()
+        };
         let check = |pools: &[PoolConfig]| validate(&cfg, pools).err().map(|e| e.to_string());
         assert_eq!(check(&[pool("a", 1, 0)]), None);
         assert_eq!(

@@ -117,9 +117,9 @@ pub(crate) async fn execute(
                 {
                     let (lc, record, reason, failure_of) =
                         (lc.clone(), (*record).clone(), reason.to_string(), *failure_of);
-                    tokio::spawn(async move {
+                    lc.clone().task_spawn(async move {
                         let _guard = guard;
-                        let _permit = lc.teardown_slots.acquire().await;
+                        let Some(_permit) = slot(&lc, &lc.teardown_slots).await else { return };
                         runner_teardown(&lc, record, &reason, failure_of).await;
                     });
                 }
@@ -128,7 +128,7 @@ pub(crate) async fn execute(
             Action::InstanceDestroy { pool, runner } => {
                 if let Some(guard) = InFlight::claim(lc, runner.as_str()) {
                     let (lc, pool, runner) = (lc.clone(), pool.clone(), runner.clone());
-                    tokio::spawn(async move {
+                    lc.clone().task_spawn(async move {
                         let _guard = guard;
                         orphan_instance_destroy(&lc, &pool, &runner).await;
                     });
@@ -138,7 +138,7 @@ pub(crate) async fn execute(
             Action::RegistrationDelete { github_id, name } => {
                 if let Some(guard) = InFlight::claim(lc, name) {
                     let (lc, github_id, name) = (lc.clone(), *github_id, name.clone());
-                    tokio::spawn(async move {
+                    lc.clone().task_spawn(async move {
                         let _guard = guard;
                         orphan_registration_delete(&lc, github_id, &name).await;
                     });
@@ -182,13 +182,27 @@ async fn runner_create_begin(
         phase_observe("decided", queued_at, now);
         tracing::info!(runner_id = %record.id, pool = %record.pool, job_id = ?record.for_job.map(|j| j.0), "Runner decided.");
         let lc = lc.clone();
-        tokio::spawn(async move {
+        lc.clone().task_spawn(async move {
             let _guard = guard;
-            let _permit = lc.launch_slots.acquire().await;
+            let Some(_permit) = slot(&lc, &lc.launch_slots).await else { return };
             runner_create_finish(&lc, record, queued_at).await;
         });
     }
     Ok(())
+}
+
+/// A launch or teardown slot, or `None` once hangar is stopping: a saga
+/// still waiting has made no side effect yet, so it ends here (see
+/// `reconciler`'s module docs).
+async fn slot<'a>(
+    lc: &Lifecycle,
+    slots: &'a tokio::sync::Semaphore,
+) -> Option<tokio::sync::SemaphorePermit<'a>> {
+    tokio::select! {
+        biased;
+        () = lc.cancel.cancelled() => None,
+        permit = slots.acquire() => permit.ok(),
+    }
 }
 
 async fn runner_create_finish(

@@ -10,6 +10,14 @@
 //! from a timer. Pokes during an activation coalesce into one more
 //! activation, so a burst of 1,000 webhooks costs a handful of activations.
 //!
+//! Every task the lifecycle runs (the reconciler loop, recovery, each
+//! creation and teardown saga) is spawned on its [`TaskTracker`] and sees
+//! its [`CancellationToken`]: [`Lifecycle::stop`] ends the loops, lets sagas
+//! already past their first side effect reach the end (bounded by
+//! `shutdown_grace`), and drops sagas still waiting for a slot, which have
+//! done nothing yet (their `planned` record is reaped as interrupted on the
+//! next start).
+//!
 //! Reads happen in a fixed order: provider instances and GitHub
 //! registrations *before* the store. Runner ids are persisted before any
 //! side effect, so anything hangar made that a provider or GitHub reports is
@@ -27,8 +35,10 @@ use hangar_store::Store;
 use hangar_types::{JobState, PoolName, RunnerId, RunnerRecord, Timestamp};
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{PoolConfig, SchedulerConfig};
+use crate::config::{ConfigError, PoolConfig, SchedulerConfig};
 use crate::executor;
 use crate::plan::{self, Action, JobView, Registration, Snapshot};
 
@@ -52,6 +62,33 @@ pub struct Lifecycle {
     last_registration_scan: Mutex<Option<Instant>>,
     pub(crate) wake: Arc<Notify>,
     status: watch::Sender<Status>,
+    /// Every task the lifecycle spawned (see the module docs).
+    pub(crate) tasks: TaskTracker,
+    /// Cancelled by [`Lifecycle::stop`].
+    pub(crate) cancel: CancellationToken,
+}
+
+/// What a [`Lifecycle`] is built from.
+#[derive(Debug)]
+pub struct LifecycleParts {
+    pub store: Store,
+    pub github: Arc<dyn GitHubApi>,
+    /// `runner_scope` must be set.
+    pub config: SchedulerConfig,
+    pub pools: Vec<PoolConfig>,
+    /// One provider per pool.
+    pub providers: HashMap<PoolName, Arc<dyn Provider>>,
+    /// The notification the webhook intake pokes for every accepted job
+    /// change (`hangar_server::ServerState::job_activity`).
+    pub wake: Arc<Notify>,
+}
+
+/// How [`Lifecycle::stop`] went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StopReport {
+    /// Tasks still running when `shutdown_grace` ran out (they were left
+    /// to be cut by the exit; the next start resumes their runners).
+    pub tasks_left: usize,
 }
 
 /// What the last activation did (for `/metrics`, the API and logs).
@@ -65,6 +102,8 @@ pub struct Status {
     pub planned: BTreeMap<String, usize>,
     /// Read or write errors of the last activation (it carried on).
     pub errors: Vec<String>,
+    /// Pools whose provider cannot launch, with the reason.
+    pub unhealthy: BTreeMap<PoolName, String>,
 }
 
 /// How the rest of hangar pokes the reconciler. Cheap to clone.
@@ -99,20 +138,22 @@ impl ReconcilerHandle {
 }
 
 impl Lifecycle {
-    /// Builds the shared state. `providers` must hold one provider per pool.
-    /// `wake` is the notification the webhook intake pokes for every
-    /// accepted job change (`hangar_server::ServerState::job_activity`).
-    pub fn new(
-        store: Store,
-        github: Arc<dyn GitHubApi>,
-        scope: RunnerScope,
-        config: SchedulerConfig,
-        pools: Vec<PoolConfig>,
-        providers: HashMap<PoolName, Arc<dyn Provider>>,
-        wake: Arc<Notify>,
-    ) -> Arc<Lifecycle> {
+    /// Builds the shared state; nothing runs until [`Lifecycle::start`].
+    pub fn new(parts: LifecycleParts) -> Result<Arc<Lifecycle>, ConfigError> {
+        let LifecycleParts { store, github, config, pools, providers, wake } = parts;
+        crate::config::validate(&config, &pools)?;
+        let scope = config.runner_scope.clone().ok_or_else(|| ConfigError {
+            key: "scheduler.runner_scope".into(),
+            expected: "the organization or repository runners register in".into(),
+        })?;
+        if let Some(pool) = pools.iter().find(|p| !providers.contains_key(&p.name)) {
+            return Err(ConfigError {
+                key: format!("pools.{}", pool.name),
+                expected: "a provider for the pool".into(),
+            });
+        }
         let (status, _) = watch::channel(Status::default());
-        Arc::new(Lifecycle {
+        Ok(Arc::new(Lifecycle {
             store,
             github,
             scope,
@@ -127,7 +168,48 @@ impl Lifecycle {
             last_registration_scan: Mutex::new(None),
             wake,
             status,
-        })
+            tasks: TaskTracker::new(),
+            cancel: CancellationToken::new(),
+        }))
+    }
+
+    /// Starts the reconciler loop and recovery.
+    pub fn start(self: &Arc<Self>) {
+        self.start_reconciler();
+        self.start_recovery();
+    }
+
+    /// Stops in order: no new activation or recovery pass starts, sagas
+    /// waiting for a slot give up before any side effect, sagas under way
+    /// run to their end for at most `shutdown_grace`, then every provider
+    /// stops its own capacity (pre-booted VMs). Runner instances stay for
+    /// the next start.
+    pub async fn stop(&self) -> StopReport {
+        self.cancel.cancel();
+        self.tasks.close();
+        let drained =
+            tokio::time::timeout(self.config.shutdown_grace, self.tasks.wait()).await.is_ok();
+        let tasks_left = if drained { 0 } else { self.tasks.len() };
+        if tasks_left > 0 {
+            tracing::warn!(
+                tasks_left,
+                grace = %hangar_types::duration::format(self.config.shutdown_grace),
+                "Runner tasks still under way at the end of the shutdown grace; the next start resumes their runners."
+            );
+        }
+        for (pool, provider) in &self.providers {
+            tracing::debug!(pool = %pool, "Stopping the provider's own capacity.");
+            provider.shutdown().await;
+        }
+        StopReport { tasks_left }
+    }
+
+    /// Spawns `task` on the lifecycle's tracker (see the module docs).
+    pub(crate) fn task_spawn<F>(&self, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
     }
 
     /// A handle to poke the reconciler with.
@@ -135,17 +217,19 @@ impl Lifecycle {
         ReconcilerHandle { wake: self.wake.clone(), status: self.status.subscribe() }
     }
 
-    /// Runs activations until the task is dropped: on every poke and every
-    /// `reconcile_interval`.
-    pub fn spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Runs activations on every poke and every `reconcile_interval`, until
+    /// [`Lifecycle::stop`].
+    pub fn start_reconciler(self: &Arc<Self>) {
         let this = self.clone();
-        tokio::spawn(async move {
-            loop {
+        self.tasks.spawn(async move {
+            while !this.cancel.is_cancelled() {
                 this.activate().await;
-                let _ = tokio::time::timeout(this.config.reconcile_interval, this.wake.notified())
-                    .await;
+                tokio::select! {
+                    () = this.cancel.cancelled() => {}
+                    _ = tokio::time::timeout(this.config.reconcile_interval, this.wake.notified()) => {}
+                }
             }
-        })
+        });
     }
 
     /// One activation: read, plan, hand actions to the executor.
@@ -247,6 +331,7 @@ impl Lifecycle {
                 }
             })
             .collect();
+        self.status.send_modify(|status| status.unhealthy.clone_from(&unhealthy));
         Some(Snapshot {
             now,
             jobs,

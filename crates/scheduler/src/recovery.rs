@@ -48,15 +48,19 @@ pub struct RecoveryState {
 }
 
 impl Lifecycle {
-    /// Runs recovery passes every `github_sync_interval` until dropped.
-    pub fn recovery_spawn(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+    /// Runs recovery passes every `github_sync_interval` until
+    /// [`Lifecycle::stop`].
+    pub fn start_recovery(self: &Arc<Self>) {
         let this = self.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut state = RecoveryState::default();
             let mut tick = tokio::time::interval(this.config.github_sync_interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    () = this.cancel.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
                 match this.recovery_pass(&mut state).await {
                     Ok(report)
                         if report.jobs_recorded + report.jobs_refreshed + report.redeliveries
@@ -70,7 +74,7 @@ impl Lifecycle {
                     }
                 }
             }
-        })
+        });
     }
 
     /// One recovery pass (see the module docs).

@@ -13,9 +13,18 @@ use serde_json::{Value, json};
 use crate::auth::Operator;
 use crate::{ApiError, ServerState};
 
+/// `ok`, or `degraded` with the problems (a pool that cannot start
+/// runners, and why). Degraded is still 200: webhooks are taken and
+/// recorded; a store that does not answer is the error (503).
 pub(crate) async fn health(State(state): State<ServerState>) -> Result<Json<Value>, ApiError> {
     state.store.health().await?;
-    Ok(Json(json!({ "status": "ok", "database": state.store.backend().as_str() })))
+    let problems = state.problems.as_ref().map(|p| p()).unwrap_or_default();
+    let status = if problems.is_empty() { "ok" } else { "degraded" };
+    Ok(Json(json!({
+        "status": status,
+        "database": state.store.backend().as_str(),
+        "problems": problems,
+    })))
 }
 
 pub(crate) async fn job_list(

@@ -48,19 +48,48 @@ pub struct WebhookConfig {
     pub secret: Option<String>,
 }
 
+/// What is wrong with the system beyond the store, for `/healthz`: each
+/// problem names its part (`pool linux`) and says why.
+pub type Problems = Arc<dyn Fn() -> Vec<Problem> + Send + Sync>;
+
+/// One reason `/healthz` says `degraded`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Problem {
+    /// What is affected, e.g. `pool default`.
+    pub component: String,
+    pub reason: String,
+}
+
 /// What the handlers share.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ServerState {
     pub(crate) store: Store,
     pub(crate) secret: Option<WebhookSecret>,
     pub(crate) access: ApiAccess,
     pub(crate) job_activity: Arc<Notify>,
+    pub(crate) problems: Option<Problems>,
+}
+
+impl std::fmt::Debug for ServerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerState")
+            .field("store", &self.store)
+            .field("secret", &self.secret.is_some())
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServerState {
     /// `secret: None` refuses every delivery with 503 until one is set.
     pub fn new(store: Store, secret: Option<WebhookSecret>, access: ApiAccess) -> ServerState {
-        ServerState { store, secret, access, job_activity: Arc::new(Notify::new()) }
+        ServerState { store, secret, access, job_activity: Arc::new(Notify::new()), problems: None }
+    }
+
+    /// Where `/healthz` learns what else is wrong (unhealthy pools).
+    pub fn with_problems(mut self, problems: Problems) -> ServerState {
+        self.problems = Some(problems);
+        self
     }
 
     /// Notified whenever an accepted delivery changed a job, so the

@@ -5,6 +5,7 @@
 //! callers pass timestamps in. That keeps everything here pure, so the job
 //! state machine can be tested exhaustively (see `job::tests`).
 
+pub mod duration;
 mod ids;
 mod job;
 mod labels;

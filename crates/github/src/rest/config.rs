@@ -44,8 +44,9 @@ pub struct GitHubConfig {
     pub repositories: Vec<String>,
     /// Percent of the hourly budget kept for runner launches; default 10.
     pub poll_reserve_percent: Option<u8>,
-    /// Per-request timeout in seconds; default 30.
-    pub request_timeout_secs: Option<u64>,
+    /// Per-request timeout (a duration, `"30s"`); default 30 s.
+    #[serde(default, with = "hangar_types::duration::option")]
+    pub request_timeout: Option<Duration>,
 }
 
 /// A `[github]` section that cannot work. `key` is the dotted key at fault.
@@ -153,11 +154,11 @@ impl GitHubConfig {
             }
             config.poll_reserve_fraction = f64::from(percent) / 100.0;
         }
-        if let Some(secs) = self.request_timeout_secs {
-            if secs == 0 {
-                return Err(invalid("github.request_timeout_secs", "expected at least 1"));
+        if let Some(timeout) = self.request_timeout {
+            if timeout.is_zero() {
+                return Err(invalid("github.request_timeout", "expected more than 0s"));
             }
-            config.request_timeout = Duration::from_secs(secs);
+            config.request_timeout = timeout;
         }
         config.repositories = self.repositories.clone();
         Ok(Some(config))

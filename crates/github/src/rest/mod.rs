@@ -34,8 +34,9 @@ pub use config::{ENV_GITHUB_APP_PRIVATE_KEY, ENV_GITHUB_TOKEN, GitHubConfig, Git
 pub use error::GitHubError;
 
 /// Where a runner is registered: an organization or a single repository.
+/// Written (in `hangar.toml` too) as `org` or `owner/repo`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum RunnerScope {
     Organization(String),
     Repository { owner: String, repo: String },
@@ -59,6 +60,25 @@ impl RunnerScope {
             RunnerScope::Organization(org) => format!("/orgs/{org}"),
             RunnerScope::Repository { owner, repo } => format!("/repos/{owner}/{repo}"),
         }
+    }
+}
+
+impl TryFrom<String> for RunnerScope {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<RunnerScope, String> {
+        RunnerScope::parse(&text).ok_or_else(|| {
+            format!(
+                "expected the organization (`octo-org`) or repository (`owner/repo`) runners \
+                 register in, got {text:?}"
+            )
+        })
+    }
+}
+
+impl From<RunnerScope> for String {
+    fn from(scope: RunnerScope) -> String {
+        scope.to_string()
     }
 }
 

@@ -6,15 +6,13 @@
 //! index row first, then the blobs, exactly as the server's eviction does.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use comfy_table::Table;
 use hangar_cache::CacheService;
-use hangar_cache::clock::SystemClock;
 use hangar_store::Store;
 
-use crate::config::{Effective, HangarConfig, Overrides};
+use hangar::config::Overrides;
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -52,25 +50,13 @@ enum Command {
 }
 
 /// Builds the cache service `hangar serve` runs.
-pub(crate) fn service(
-    config: &hangar_cache::CacheConfig,
-    data_dir: &std::path::Path,
-    store: &Store,
-) -> Result<CacheService> {
-    CacheService::new(config, data_dir, Arc::new(store.clone()), Arc::new(SystemClock))
-        .context("starting the cache")
-}
-
 pub(crate) async fn run(args: Args) -> Result<()> {
     let path = crate::config_path(args.config);
-    let config = match &path {
-        Some(path) => HangarConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => HangarConfig::default(),
-    };
-    let effective =
-        Effective::resolve(&config, Overrides { listen: None, data_dir: args.data_dir });
-    let store = Store::open(&effective.database_url).await.context("opening the store")?;
-    let cache = service(&config.cache, &effective.data_dir, &store)?;
+    let overrides = Overrides { listen: None, data_dir: args.data_dir };
+    let config = hangar::config::load(path.as_deref(), &hangar::config::process_env, overrides)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let store = Store::open(&config.database_url).await.context("opening the store")?;
+    let cache = hangar::app::cache_service(&config, &store)?;
     let result = match args.command {
         Command::Ls { repo } => ls(&cache, repo).await,
         Command::Rm { ids } => rm(&cache, &ids).await,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Result, bail};
 use clap::Subcommand;
 
-use crate::config::{Effective, HangarConfig, Overrides};
+use hangar::config::{Overrides, ProviderConfig};
 
 #[derive(Subcommand)]
 pub(crate) enum Command {
@@ -22,11 +22,13 @@ pub(crate) fn run(command: Command) -> Result<()> {
     let Some(path) = crate::config_path(config) else {
         bail!("no config file given: pass --config FILE (or set HANGAR_CONFIG)");
     };
-    let parsed = match HangarConfig::load(&path) {
-        Ok(parsed) => parsed,
-        Err(error) => bail!("{error}"),
-    };
-    let effective = Effective::resolve(&parsed, Overrides::default());
+    // The same door `hangar serve` goes through, with the same environment.
+    let effective =
+        match hangar::config::load(Some(&path), &hangar::config::process_env, Overrides::default())
+        {
+            Ok(effective) => effective,
+            Err(error) => bail!("{error}"),
+        };
     println!("{}: ok", path.display());
     println!("  listen:         {}", effective.listen);
     println!("  data dir:       {}", effective.data_dir.display());
@@ -36,17 +38,24 @@ pub(crate) fn run(command: Command) -> Result<()> {
         if effective.webhook_secret.is_some() { "set" } else { "MISSING" }
     );
     println!("  api token:      {}", if effective.api_token.is_some() { "set" } else { "not set" });
-    if parsed.pools.is_empty() {
-        println!(
-            "  pools:          none: with GitHub credentials, the default pool `default` \
-             (self-hosted, linux, x64; provider auto)"
-        );
+    if let Some(why) = &effective.runners_off {
+        println!("  pools:          none: {why}");
+    } else if effective.file.pools.is_empty() {
+        println!("  pools:          none in the file: the default pool `default`");
     }
-    for pool in &parsed.pools {
+    for pool in &effective.pools {
+        let isolation = match &pool.provider {
+            ProviderConfig::Process(_) => " (NOT isolated)",
+            ProviderConfig::Auto(auto) if auto.allow_unisolated => {
+                " (microVMs, else local processes: NOT isolated)"
+            }
+            ProviderConfig::Auto(_) => " (microVMs, else unhealthy)",
+            ProviderConfig::Microvm(_) => "",
+        };
         println!(
-            "  pool {}: provider {}, labels {}, max_runners {}",
+            "  pool {}: provider {}{isolation}, labels {}, max_runners {}",
             pool.name,
-            pool.provider,
+            pool.provider.kind(),
             pool.runner_labels(),
             pool.max_runners
         );

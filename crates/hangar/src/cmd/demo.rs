@@ -8,20 +8,15 @@
 //! the simulated GitHub and no instance, registration or live runner is
 //! left afterwards; non-zero otherwise.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use hangar_github::{Auth, ClientConfig, RestClient, RunnerScope, WebhookSecret};
-use hangar_provider::Provider;
-use hangar_provider_process::{ProcessConfig, ProcessProvider};
-use hangar_scheduler::{Lifecycle, PoolConfig, SchedulerConfig};
-use hangar_server::{ApiAccess, ServerState};
+use hangar::config::Overrides;
 use hangar_simulator::{JobSpec, SimConfig, SimJobStatus, Simulator};
 use hangar_store::Store;
-use hangar_types::{JobId, PoolName, Secret, Timestamp};
+use hangar_types::{JobId, PoolName, Timestamp};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -34,30 +29,59 @@ pub(crate) struct Args {
     /// Give up (exit non-zero) after this many seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
-    /// The stand-in runner program (default: next to this binary).
+    /// The stand-in runner program (default: this binary's own
+    /// `standin-runner` subcommand).
     #[arg(long)]
     runner: Option<PathBuf>,
 }
 
 const REPO: &str = "octo-org/app";
 
+/// The demo's configuration: one pool that asks for local processes
+/// explicitly (the demo's runners are stand-ins that only talk to the
+/// simulator), short timers.
+fn demo_config(github: &str, runner: &std::path::Path, args: &[&str]) -> String {
+    let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
+    format!(
+        r#"
+[webhook]
+secret = "{secret}"
+[github]
+api_url = "{github}"
+token = "{token}"
+repositories = ["{REPO}"]
+[scheduler]
+runner_scope = "octo-org"
+reconcile_interval = "500ms"
+github_sync_interval = "2s"
+pickup_deadline = "30s"
+[[pools]]
+name = "demo"
+labels = ["linux"]
+max_runners = 8
+idle_timeout = "10s"
+[pools.provider.process]
+command = {runner:?}
+args = [{args}]
+[cache]
+enabled = false
+"#,
+        secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
+        token = SimConfig::DEFAULT_PAT,
+        runner = runner.display().to_string(),
+        args = args.join(", "),
+    )
+}
+
 pub(crate) async fn run(args: Args) -> Result<()> {
     let dir = tempfile::tempdir().context("creating a scratch directory")?;
-    let runner = match args.runner {
-        Some(path) => path,
-        None => standin_next_to_me()?,
+    let me = std::env::current_exe().context("locating the hangar binary")?;
+    let (runner, runner_args) = match &args.runner {
+        Some(path) => (path.clone(), Vec::new()),
+        None => (me, vec!["standin-runner"]),
     };
-    let store = Store::open(&Store::sqlite_url(&dir.path().join("hangar.db"))).await?;
-    let state = ServerState::new(
-        store.clone(),
-        Some(WebhookSecret::new(SimConfig::DEFAULT_WEBHOOK_SECRET)),
-        ApiAccess::new(true, None),
-    );
-    let wake = state.job_activity();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let intake = listener.local_addr()?;
-    let app = hangar_server::router(state);
-    tokio::spawn(async move { axum::serve(listener, app).await });
     let sim = Simulator::start(SimConfig {
         webhook_url: Some(format!("http://{intake}/webhook")),
         long_poll: Duration::from_millis(500),
@@ -65,47 +89,24 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     })
     .await
     .context("starting the GitHub simulator")?;
-    let mut client =
-        ClientConfig::new(sim.api_url(), Auth::Token(Secret::new(SimConfig::DEFAULT_PAT)));
-    client.repositories = vec![REPO.to_owned()];
-    let github = Arc::new(RestClient::new(client)?);
-    let pool = PoolConfig {
-        name: PoolName("demo".into()),
-        labels: vec!["linux".into()],
-        provider: "process".into(),
-        max_runners: 8,
-        min_hot: 0,
-        idle_timeout: Duration::from_secs(10),
-        keep_warm: Duration::ZERO,
-        settings: toml::Table::new(),
+    let overrides = Overrides { listen: Some(intake), data_dir: Some(dir.path().to_owned()) };
+    let text = demo_config(&sim.api_url(), &runner, &runner_args);
+    let config = hangar::config::load_text("demo.toml", &text, &hangar::config::no_env, overrides)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let app = Arc::new(hangar::App::build(&config, hangar::Parts::default()).await?);
+    app.start();
+    let provider = app.provider(&PoolName("demo".into())).context("the demo pool")?.clone();
+    let store = app.store().clone();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.serve(listener, async move {
+                let _ = stopped.await;
+            })
+            .await
+        })
     };
-    let config = SchedulerConfig {
-        runner_scope: Some("octo-org".into()),
-        reconcile_interval: Duration::from_millis(500),
-        github_sync_interval: Duration::from_secs(2),
-        pickup_deadline: Duration::from_secs(30),
-        ..SchedulerConfig::default()
-    };
-    let process = ProcessConfig {
-        command: runner,
-        args: Vec::new(),
-        work_root: None,
-        env: Default::default(),
-    };
-    let provider: Arc<dyn Provider> =
-        Arc::new(ProcessProvider::new(process, &dir.path().join("runners")));
-    let providers = HashMap::from([(pool.name.clone(), provider.clone())]);
-    let lifecycle = Lifecycle::new(
-        store.clone(),
-        github,
-        RunnerScope::Organization("octo-org".into()),
-        config,
-        vec![pool],
-        providers,
-        wake,
-    );
-    lifecycle.spawn();
-    lifecycle.recovery_spawn();
 
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.timeout);
@@ -146,6 +147,10 @@ pub(crate) async fn run(args: Args) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     phases_print(&store, &jobs).await?;
+    let _ = stop.send(());
+    server.await.context("the demo's server task")??;
+    let app = Arc::into_inner(app).context("the app is still shared")?;
+    app.stop().await;
     let counters = sim.counters();
     println!(
         "{} of {} jobs completed in {:.1} s; {} runner registrations, {} GitHub API calls.",
@@ -200,16 +205,24 @@ async fn phases_print(store: &Store, jobs: &[i64]) -> Result<()> {
     Ok(())
 }
 
-/// `hangar-standin-runner` installed beside `hangar` (as `cargo build` and
-/// `cargo install` leave them).
-fn standin_next_to_me() -> Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the hangar binary")?;
-    let candidate = exe.with_file_name("hangar-standin-runner");
-    if candidate.exists() {
-        return Ok(candidate);
-    }
-    bail!(
-        "{} is missing: build it (`cargo build -p hangar-standin-runner`) or pass --runner PATH",
-        candidate.display()
-    )
+/// `hangar standin-runner`: the stand-in runner the demo's pool runs, as
+/// `hangar-standin-runner` does (same arguments, same exit status), so
+/// `cargo run -p hangar -- demo` needs no second binary.
+#[derive(clap::Args)]
+pub(crate) struct StandinArgs {
+    /// The `encoded_jit_config` from generate-jitconfig.
+    #[arg(long, env = "ACTIONS_RUNNER_INPUT_JITCONFIG", hide_env_values = true)]
+    jitconfig: String,
+    /// Directory to write `.runner`/`.credentials` into while running.
+    #[arg(long)]
+    root: Option<PathBuf>,
+}
+
+pub(crate) async fn standin_runner(args: StandinArgs) -> Result<()> {
+    let options = hangar_standin_runner::RunOptions { root: args.root, ..Default::default() };
+    let outcome = hangar_standin_runner::run(&args.jitconfig, &options)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", hangar_types::ErrorChain(&e)))?;
+    eprintln!("hangar standin-runner: {outcome}");
+    Ok(())
 }

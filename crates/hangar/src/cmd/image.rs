@@ -28,12 +28,9 @@ pub(crate) enum Command {
     },
 }
 
-/// `~/.cache/hangar` unless given.
+/// `$HANGAR_CACHE_DIR`, else `~/.cache/hangar`, unless given.
 pub(crate) fn cache_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-        home.join(".cache").join("hangar")
-    })
+    hangar::providers::image_cache_dir(flag)
 }
 
 pub(crate) async fn run(command: Command) -> Result<()> {

@@ -10,12 +10,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use hangar_github::WebhookSecret;
-use hangar_server::{ApiAccess, ServerState};
-use hangar_store::Store;
+use hangar::App;
+use hangar::config::{ENV_WEBHOOK_SECRET, Overrides, Resolved, Source};
 use tracing_subscriber::EnvFilter;
-
-use crate::config::{ENV_WEBHOOK_SECRET, Effective, HangarConfig, Overrides};
 
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -33,57 +30,42 @@ pub(crate) struct Args {
 pub(crate) async fn run(args: Args) -> Result<()> {
     init_tracing();
     let path = crate::config_path(args.config);
-    let config = match &path {
-        Some(path) => HangarConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
-        None => HangarConfig::default(),
-    };
-    let effective =
-        Effective::resolve(&config, Overrides { listen: args.listen, data_dir: args.data_dir });
-    std::fs::create_dir_all(&effective.data_dir).with_context(|| {
-        format!("cannot create the data directory {}", effective.data_dir.display())
-    })?;
-    let store = Store::open(&effective.database_url).await.context("opening the store")?;
-    let access =
-        ApiAccess::new(effective.listen.ip().is_loopback(), effective.api_token.as_deref());
-    let secret = effective.webhook_secret.as_deref().map(WebhookSecret::new);
-    let state = ServerState::new(store.clone(), secret, access);
-    let running =
-        crate::lifecycle::start(&config, &store, &effective.data_dir, state.job_activity()).await?;
-    let mut app = hangar_server::router(state);
-    // The cache answers on the same listener, at the paths the clients expect.
-    let mut eviction = None;
-    if config.cache.enabled {
-        let cache = super::cache::service(&config.cache, &effective.data_dir, &store)?;
-        eviction = Some(hangar_cache::evict::spawn_schedule(cache.clone()));
-        app = app.merge(hangar_cache::router(cache));
-    }
+    let overrides = Overrides { listen: args.listen, data_dir: args.data_dir };
+    let config = hangar::config::load(path.as_deref(), &hangar::config::process_env, overrides)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    hangar::app::metrics_describe();
+    let app = App::build(&config, hangar::Parts::default()).await?;
+    app.start();
 
     // Installed before "listening" is printed: a SIGTERM that follows that
     // line at once must take the graceful path, not the default (death).
     let shutdown = shutdown_signal()?;
-    let listener = tokio::net::TcpListener::bind(effective.listen)
+    let listener = tokio::net::TcpListener::bind(config.listen)
         .await
-        .with_context(|| format!("cannot listen on {}", effective.listen))?;
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     let addr = listener.local_addr()?;
     println!("hangar listening on http://{addr}");
-    report_startup(path.as_deref(), &effective, addr);
+    report_startup(&config, addr);
 
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await.context("serving HTTP")?;
-    if let Some(eviction) = eviction {
-        eviction.abort();
+    let served = app.serve(listener, shutdown).await;
+    tracing::info!("Shutting down: no new requests; letting runner steps under way finish.");
+    let report = app.stop().await;
+    served?;
+    if report.tasks_left > 0 {
+        tracing::warn!(
+            tasks_left = report.tasks_left,
+            "Stopped with runner steps still under way; the next start resumes them."
+        );
     }
-    tracing::info!("Shutting down: stopping pre-booted VMs and removing idle pools' firewalls.");
-    running.shutdown().await;
-    tracing::info!("Shutting down: flushing the store.");
-    store.close().await;
+    tracing::info!("Stopped.");
     Ok(())
 }
 
 /// Says what hangar runs with, and loudly what is missing.
-fn report_startup(path: Option<&std::path::Path>, effective: &Effective, addr: SocketAddr) {
-    match path {
-        Some(path) => tracing::info!(config = %path.display(), "Configuration loaded."),
-        None => tracing::info!("No config file: running on embedded defaults."),
+fn report_startup(effective: &Resolved, addr: SocketAddr) {
+    match &effective.source {
+        Source::File(path) => tracing::info!(config = %path.display(), "Configuration loaded."),
+        Source::Defaults => tracing::info!("No config file: running on embedded defaults."),
     }
     tracing::info!(
         data_dir = %effective.data_dir.display(),

@@ -20,12 +20,11 @@ fn pool(name: &str, labels: &[&str], max: u32) -> PoolConfig {
     PoolConfig {
         name: PoolName(name.into()),
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
-        provider: "fake".into(),
         max_runners: max,
         min_hot: 0,
         idle_timeout: Duration::from_secs(60),
         keep_warm: Duration::ZERO,
-        settings: toml::Table::new(),
+        provider: (),
     }
 }
 

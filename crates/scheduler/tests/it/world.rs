@@ -1,10 +1,13 @@
-//! `World`: a simulator, a store, a GitHub client and a lifecycle wired
-//! together with short timers, plus the checks every test ends with.
+//! `World`: the system built by `hangar::App` (as `hangar serve` builds
+//! it) with its GitHub client pointed at the simulator and its providers
+//! swapped for test ones, short timers, plus the checks every test ends
+//! with.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use hangar::config::{Overrides, ProviderConfig};
 use hangar_github::rest::{Auth, ClientConfig, RestClient};
 use hangar_github::{GitHubApi, RunnerScope};
 use hangar_provider::{FakeProvider, Provider};
@@ -31,6 +34,7 @@ pub(crate) struct World {
     pub(crate) providers: HashMap<PoolName, Arc<dyn Provider>>,
     pub(crate) fakes: HashMap<PoolName, FakeProvider>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    _app: hangar::App,
     _dir: tempfile::TempDir,
 }
 
@@ -38,18 +42,17 @@ pub(crate) fn pool(name: &str, labels: &[&str], max: u32) -> PoolConfig {
     PoolConfig {
         name: PoolName(name.into()),
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
-        provider: "process".into(),
         max_runners: max,
         min_hot: 0,
         idle_timeout: Duration::from_secs(5),
         keep_warm: Duration::ZERO,
-        settings: toml::Table::new(),
+        provider: (),
     }
 }
 
 pub(crate) fn config() -> SchedulerConfig {
     SchedulerConfig {
-        runner_scope: Some("octo-org".into()),
+        runner_scope: Some(RunnerScope::Organization("octo-org".into())),
         reconcile_interval: Duration::from_millis(200),
         github_sync_interval: Duration::from_millis(500),
         pickup_deadline: Duration::from_secs(20),
@@ -59,6 +62,7 @@ pub(crate) fn config() -> SchedulerConfig {
         provider_timeout: Duration::from_secs(10),
         max_concurrent_launches: 16,
         runner_group_id: 1,
+        shutdown_grace: Duration::from_secs(10),
     }
 }
 
@@ -91,28 +95,10 @@ impl World {
             .with_test_writer()
             .try_init();
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = Store::open(&Store::sqlite_url(&dir.path().join("hangar.db")))
-            .await
-            .expect("store opens");
         let mut tasks = Vec::new();
-        let secret = SimConfig::DEFAULT_WEBHOOK_SECRET;
-        let state = hangar_server::ServerState::new(
-            store.clone(),
-            Some(hangar_github::WebhookSecret::new(secret)),
-            hangar_server::ApiAccess::new(true, None),
-        );
-        let wake = state.job_activity();
-        let webhook_url = if webhooks {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-            let addr = listener.local_addr().expect("addr");
-            let router = hangar_server::router(state);
-            tasks.push(tokio::spawn(async move {
-                axum::serve(listener, router).await.expect("intake serves");
-            }));
-            Some(format!("http://{addr}/webhook"))
-        } else {
-            None
-        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let webhook_url = webhooks.then(|| format!("http://{addr}/webhook"));
         let sim = Simulator::start(SimConfig {
             long_poll: Duration::from_millis(500),
             runner_lost_after: Duration::from_secs(10),
@@ -166,23 +152,39 @@ impl World {
             };
             providers.insert(pool.name.clone(), provider);
         }
-        let lifecycle = Lifecycle::new(
-            store.clone(),
-            github.clone(),
-            RunnerScope::Organization("octo-org".into()),
-            config,
-            pools,
-            providers.clone(),
-            wake,
-        );
-        World { sim, store, github, lifecycle, providers, fakes, tasks, _dir: dir }
+        // The system as `serve` builds it, with the test's timers and pools.
+        let overrides = Overrides { listen: Some(addr), data_dir: Some(dir.path().to_owned()) };
+        let mut resolved =
+            hangar::config::load_text("world.toml", "", &hangar::config::no_env, overrides)
+                .expect("an empty config loads");
+        resolved.webhook_secret = Some(SimConfig::DEFAULT_WEBHOOK_SECRET.to_owned());
+        resolved.scheduler = config;
+        resolved.pools =
+            pools.into_iter().map(|p| p.with_provider(ProviderConfig::default()).0).collect();
+        resolved.runners_off = None;
+        resolved.file.cache.enabled = false;
+        let parts = hangar::Parts {
+            github: Some(github.clone() as Arc<dyn GitHubApi>),
+            providers: providers.clone(),
+            ..hangar::Parts::default()
+        };
+        let app = hangar::App::build(&resolved, parts).await.expect("the app builds");
+        let lifecycle = app.lifecycle().expect("pools run").clone();
+        let store = app.store().clone();
+        if webhooks {
+            let router = app.router();
+            tasks.push(tokio::spawn(async move {
+                axum::serve(listener, router).await.expect("intake serves");
+            }));
+        }
+        World { sim, store, github, lifecycle, providers, fakes, tasks, _app: app, _dir: dir }
     }
 
     /// Starts the reconciler and (optionally) the recovery task.
     pub(crate) fn run(&mut self, recovery: bool) {
-        self.tasks.push(self.lifecycle.spawn());
+        self.lifecycle.start_reconciler();
         if recovery {
-            self.tasks.push(self.lifecycle.recovery_spawn());
+            self.lifecycle.start_recovery();
         }
     }
 

@@ -10,13 +10,16 @@
 //! veth /30 (10.231.x.y) and the pool allows exactly that address. Needs
 //! root (namespace, taps, nftables).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use hangar::config::{Overrides, ProviderConfig};
 use hangar_provider::Provider as _;
+use hangar_provider_microvm::MicrovmProvider;
 use hangar_provider_microvm::bench::Stat;
-use hangar_server::{ApiAccess, ServerState};
 use hangar_simulator::netns::Netns;
 use hangar_simulator::{JobSpec, SimConfig, SimJobStatus, Simulator};
 
@@ -46,14 +49,13 @@ token = "{token}"
 repositories = ["octo-org/app"]
 [scheduler]
 runner_scope = "octo-org"
-reconcile_interval = 1
-github_sync_interval = 5
+reconcile_interval = "1s"
+github_sync_interval = "5s"
 [[pools]]
 name = "bench"
 labels = ["linux", "bench"]
-provider = "microvm"
 max_runners = 2
-[pools.settings]
+[pools.provider.microvm]
 kernel = "{kernel}"
 rootfs = "{rootfs}"
 {initrd_line}qemu = "{qemu}"
@@ -72,36 +74,47 @@ network = {{ mode = "nat", subnet = "172.31.0.0/16", dns = "127.0.0.1", allow = 
         state = dir.path().join("vms").display(),
         sim_ip = netns.ns_ip,
     );
-    let config = crate::config::HangarConfig::parse(Path::new("bench.toml"), &text)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store =
-        hangar_store::Store::open(&hangar_store::Store::sqlite_url(&dir.path().join("hangar.db")))
-            .await?;
-    let state = ServerState::new(
-        store.clone(),
-        Some(hangar_github::WebhookSecret::new(SimConfig::DEFAULT_WEBHOOK_SECRET)),
-        ApiAccess::new(false, None),
-    );
-    let running =
-        crate::lifecycle::start(&config, &store, dir.path(), state.job_activity()).await?;
     let listener = tokio::net::TcpListener::bind((netns.host_ip, 0)).await?;
+    let overrides =
+        Overrides { listen: Some(listener.local_addr()?), data_dir: Some(dir.path().to_owned()) };
+    let config = hangar::config::load_text("bench.toml", &text, &hangar::config::no_env, overrides)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    // The pool's provider is built here, not by the app, to read its
+    // timings; the app wires everything else as `serve` does.
+    let pool = config.pools.first().context("the bench pool")?;
+    let ProviderConfig::Microvm(settings) = &pool.provider else { bail!("a microvm pool") };
+    let provider =
+        hangar::providers::microvm_provider(&pool.name, settings.clone(), dir.path()).await?;
+    let parts = hangar::Parts {
+        providers: HashMap::from([(pool.name.clone(), Arc::new(provider.clone()) as _)]),
+        ..hangar::Parts::default()
+    };
+    let app = hangar::App::build(&config, parts).await?;
+    app.start();
     sim.webhook_url_set(Some(format!("http://{}/webhook", listener.local_addr()?)));
-    let server = tokio::spawn(async move {
-        let _ = axum::serve(listener, hangar_server::router(state)).await;
-    });
-    let result = measure_runs(&running, &sim, runs).await;
-    server.abort();
-    running.shutdown().await;
-    store.close().await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let result = {
+        let serve = app.serve(listener, async move {
+            let _ = stopped.await;
+        });
+        let measure = async {
+            let result = measure_runs(&provider, &sim, runs).await;
+            let _ = stop.send(());
+            result
+        };
+        let (served, result) = tokio::join!(serve, measure);
+        served?;
+        result
+    };
+    app.stop().await;
     result
 }
 
 async fn measure_runs(
-    running: &crate::lifecycle::Running,
+    provider: &MicrovmProvider,
     sim: &hangar_simulator::SimHandle,
     runs: usize,
 ) -> Result<Option<Stat>> {
-    let provider = running.microvms().first().context("no microVM pool")?.clone();
     let timeout = Duration::from_secs(180);
     let mut xs = Vec::new();
     for _ in 0..runs {

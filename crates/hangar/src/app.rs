@@ -1,0 +1,241 @@
+//! [`App`]: the one place the whole system is built, from a [`Resolved`]
+//! configuration. `hangar serve`, `hangar demo`, the benchmarks and the
+//! integration tests all build through it; tests swap parts ([`Parts`]: a
+//! store, a GitHub client such as one pointed at the simulator, a fake
+//! provider for a pool) and keep the rest of the wiring.
+//!
+//! What it builds, in order: the store; the webhook intake and admin API
+//! (`hangar_server`); when pools run, the GitHub client, one provider per
+//! pool and the runner [`Lifecycle`] (reconciler, recovery, sagas); the
+//! cache server and its eviction schedule. Every background task is owned:
+//! the lifecycle's by the lifecycle, the app's own (eviction) by the app.
+//!
+//! # Stopping
+//! [`App::serve`] stops taking requests when its shutdown future resolves
+//! (in-flight requests finish), then [`App::stop`] goes in order:
+//! 1. the app's own tasks end (eviction between passes);
+//! 2. the lifecycle stops: no new activation, sagas under way reach their
+//!    end (bounded by `scheduler.shutdown_grace`), sagas not yet started
+//!    are dropped before any side effect;
+//! 3. each provider stops its own capacity (pre-booted VMs, firewall
+//!    tables when no runner VM is left); runner instances stay for the
+//!    next start;
+//! 4. the store is flushed and closed.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use axum::Router;
+use hangar_github::{GitHubApi, RestClient, WebhookSecret};
+use hangar_provider::Provider;
+use hangar_scheduler::{Lifecycle, LifecycleParts, StopReport};
+use hangar_server::{ApiAccess, Problem, ServerState};
+use hangar_store::Store;
+use hangar_types::PoolName;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Resolved;
+
+/// `1` for a pool whose runners run isolated (own VM or machine), `0` for
+/// one that runs local processes; labelled `pool`.
+pub const METRIC_POOL_ISOLATED: &str = "hangar_pool_isolated";
+
+/// Parts a caller brings instead of having them built from the config.
+#[derive(Debug, Default)]
+pub struct Parts {
+    /// Used instead of opening `database_url`.
+    pub store: Option<Store>,
+    /// Used instead of a `RestClient` from `[github]`.
+    pub github: Option<Arc<dyn GitHubApi>>,
+    /// Used for these pools instead of building their configured provider.
+    pub providers: HashMap<PoolName, Arc<dyn Provider>>,
+}
+
+/// The running system (see the module docs).
+pub struct App {
+    store: Store,
+    router: Router,
+    lifecycle: Option<Arc<Lifecycle>>,
+    providers: HashMap<PoolName, Arc<dyn Provider>>,
+    cache: Option<hangar_cache::CacheService>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store)
+            .field("lifecycle", &self.lifecycle.is_some())
+            .field("pools", &self.providers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    /// Builds everything; nothing runs in the background until
+    /// [`App::start`]. Host probes happen here (QEMU, images); config
+    /// mistakes were found by [`crate::config::load`] already.
+    pub async fn build(config: &Resolved, parts: Parts) -> Result<App> {
+        let Parts { store, github, providers: mut given } = parts;
+        // Metrics recorded while building (pool isolation) must be kept.
+        hangar_server::prometheus_handle();
+        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+            format!("cannot create the data directory {}", config.data_dir.display())
+        })?;
+        let store = match store {
+            Some(store) => store,
+            None => Store::open(&config.database_url).await.context("opening the store")?,
+        };
+        let access = ApiAccess::new(config.listen.ip().is_loopback(), config.api_token.as_deref());
+        let secret = config.webhook_secret.as_deref().map(WebhookSecret::new);
+        let mut state = ServerState::new(store.clone(), secret, access);
+
+        let mut providers = HashMap::new();
+        let mut lifecycle = None;
+        if let Some(why) = &config.runners_off {
+            tracing::warn!("{why}");
+        } else if !config.pools.is_empty() {
+            if config.file.pools.is_empty() {
+                tracing::info!(
+                    "No [[pools]] configured: running the default pool `default` (labels \
+                     self-hosted, linux, x64; provider auto)."
+                );
+            }
+            let github: Arc<dyn GitHubApi> = match github {
+                Some(github) => github,
+                None => {
+                    let client = config.github.clone().context(
+                        "pools are configured but GitHub credentials are not: set [github] or \
+                         HANGAR_GITHUB_TOKEN",
+                    )?;
+                    Arc::new(RestClient::new(client).context("building the GitHub client")?)
+                }
+            };
+            for (i, pool) in config.pools.iter().enumerate() {
+                let provider = match given.remove(&pool.name) {
+                    Some(provider) => provider,
+                    None => crate::providers::provider_build(i, pool, &config.data_dir).await,
+                };
+                let isolated = if provider.isolated() { 1.0 } else { 0.0 };
+                metrics::gauge!(METRIC_POOL_ISOLATED, "pool" => pool.name.0.clone()).set(isolated);
+                providers.insert(pool.name.clone(), provider);
+            }
+            let pools = config.pools.iter().map(|p| p.clone().scheduling().0).collect();
+            let built = Lifecycle::new(LifecycleParts {
+                store: store.clone(),
+                github,
+                config: config.scheduler.clone(),
+                pools,
+                providers: providers.clone(),
+                wake: state.job_activity(),
+            })
+            .map_err(|e| anyhow::anyhow!("config: key `{}`: expected {}", e.key, e.expected))?;
+            let handle = built.handle();
+            state = state.with_problems(Arc::new(move || {
+                handle
+                    .status()
+                    .unhealthy
+                    .into_iter()
+                    .map(|(pool, reason)| Problem { component: format!("pool {pool}"), reason })
+                    .collect()
+            }));
+            tracing::info!(pools = config.pools.len(), "Runner lifecycle built.");
+            lifecycle = Some(built);
+        }
+
+        let mut router = hangar_server::router(state);
+        let mut cache = None;
+        if config.file.cache.enabled {
+            // The cache answers on the same listener, at the paths the clients expect.
+            let service = cache_service(config, &store)?;
+            router = router.merge(hangar_cache::router(service.clone()));
+            cache = Some(service);
+        }
+        let tasks = TaskTracker::new();
+        let cancel = CancellationToken::new();
+        Ok(App { store, router, lifecycle, providers, cache, tasks, cancel })
+    }
+
+    /// Starts every background task: the runner lifecycle (reconciler,
+    /// recovery) and the cache's eviction schedule.
+    pub fn start(&self) {
+        if let Some(cache) = &self.cache {
+            self.tasks.spawn(hangar_cache::evict::schedule(cache.clone(), self.cancel.clone()));
+        }
+        if let Some(lifecycle) = &self.lifecycle {
+            lifecycle.start();
+        }
+    }
+
+    /// Every HTTP route: intake, admin API, health, metrics, cache.
+    pub fn router(&self) -> Router {
+        self.router.clone()
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The runner lifecycle, when pools run.
+    pub fn lifecycle(&self) -> Option<&Arc<Lifecycle>> {
+        self.lifecycle.as_ref()
+    }
+
+    /// The provider of a pool.
+    pub fn provider(&self, pool: &PoolName) -> Option<&Arc<dyn Provider>> {
+        self.providers.get(pool)
+    }
+
+    /// Serves [`App::router`] on `listener` until `shutdown` resolves and the
+    /// requests under way have been answered.
+    pub async fn serve(
+        &self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving HTTP")
+    }
+
+    /// The ordered stop (see the module docs).
+    pub async fn stop(self) -> StopReport {
+        self.cancel.cancel();
+        self.tasks.close();
+        self.tasks.wait().await;
+        let report = match &self.lifecycle {
+            Some(lifecycle) => lifecycle.stop().await,
+            None => StopReport { tasks_left: 0 },
+        };
+        tracing::info!(
+            tasks_left = report.tasks_left,
+            "Stopped the runner lifecycle; flushing the store."
+        );
+        self.store.close().await;
+        report
+    }
+}
+
+/// The cache service over the app's store, blobs where `[cache] storage`
+/// says (default `<data_dir>/cache`).
+pub fn cache_service(config: &Resolved, store: &Store) -> Result<hangar_cache::CacheService> {
+    hangar_cache::CacheService::new(
+        &config.file.cache,
+        &config.data_dir,
+        Arc::new(store.clone()),
+        Arc::new(hangar_cache::clock::SystemClock),
+    )
+    .context("starting the cache")
+}
+
+/// Describes the metrics this crate records (help text for `/metrics`).
+pub fn metrics_describe() {
+    metrics::describe_gauge!(
+        METRIC_POOL_ISOLATED,
+        "1 when the pool's runners run isolated (own VM or machine), 0 for local processes"
+    );
+}

@@ -1,0 +1,140 @@
+//! Config parsing and checking, as `hangar config check` and `hangar
+//! serve` both see it (they share [`super::load`]).
+
+use super::*;
+
+fn check(text: &str) -> Result<Resolved, String> {
+    check_env(text, &[])
+}
+
+fn check_env(text: &str, vars: &[(&str, &str)]) -> Result<Resolved, String> {
+    let vars: Vec<(String, String)> =
+        vars.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+    let env = move |name: &str| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    load_text("hangar.toml", text, &env, Overrides::default()).map_err(|e| e.to_string())
+}
+
+#[test]
+fn an_empty_file_is_all_defaults_and_runs_no_runners() {
+    let resolved = check("").expect("valid");
+    assert_eq!(resolved.file, HangarConfig::default());
+    assert!(resolved.pools.is_empty());
+    assert!(resolved.runners_off.as_deref().is_some_and(|w| w.contains("No GitHub credentials")));
+}
+
+#[test]
+fn credentials_and_a_scope_run_the_default_pool_on_auto() {
+    let env = [("HANGAR_GITHUB_TOKEN", "ghp_x"), (ENV_RUNNER_SCOPE, "octo-org")];
+    let resolved = check_env("", &env).expect("valid");
+    assert_eq!(resolved.pools.len(), 1);
+    assert_eq!(resolved.pools[0].name.0, "default");
+    assert_eq!(resolved.pools[0].provider, ProviderConfig::default());
+    let labels = resolved.pools[0].runner_labels();
+    for l in ["self-hosted", "linux", "x64"] {
+        assert!(labels.is_superset_of(&hangar_types::Labels::new([l])), "{l}");
+    }
+    let no_scope = check_env("", &env[..1]).expect("valid: jobs are recorded");
+    assert!(no_scope.runners_off.as_deref().is_some_and(|w| w.contains("no runner scope")));
+    let bad_scope = check_env("", &[env[0], (ENV_RUNNER_SCOPE, "a/b/c")]).unwrap_err();
+    assert!(bad_scope.contains("key `scheduler.runner_scope`"), "{bad_scope}");
+}
+
+#[test]
+fn errors_name_the_file_the_line_the_key_and_the_expectation() {
+    let error = check("[server]\nlisten = \"localhost\"\n").unwrap_err();
+    assert!(error.starts_with("hangar.toml:2: key `server.listen`: "), "{error}");
+    assert!(error.contains("socket address"), "{error}");
+
+    let error = check("[server]\nlisten = \"127.0.0.1:1\"\nlistne = 3\n").unwrap_err();
+    assert!(error.starts_with("hangar.toml:3: key `server"), "{error}");
+    assert!(error.contains("unknown field `listne`"), "{error}");
+
+    let error = check("[servre]\n").unwrap_err();
+    assert!(error.contains("unknown field `servre`"), "{error}");
+
+    let error = check("[server\n").unwrap_err();
+    assert!(error.starts_with("hangar.toml:1: "), "{error}");
+
+    let error = check("[server]\napi_token = \"short\"\n").unwrap_err();
+    assert_eq!(
+        error,
+        "hangar.toml:2: key `server.api_token`: expected a token of at least 16 characters"
+    );
+
+    let error = check("[cache]\nttl = \"soon\"\n").unwrap_err();
+    assert!(error.contains("key `cache.ttl`: expected a duration"), "{error}");
+
+    let error = check("[cache]\nstorage = \"/tmp/x\"\n").unwrap_err();
+    assert!(error.contains("key `cache.storage`: expected file:///"), "{error}");
+
+    let error = check("[store]\nurl = \"mysql://x\"\n").unwrap_err();
+    assert!(
+        error.starts_with("hangar.toml:2: key `store.url`: expected a sqlite://PATH"),
+        "{error}"
+    );
+}
+
+#[test]
+fn old_spellings_are_refused_with_the_new_one() {
+    let error = check("[scheduler]\npickup_deadline = 300\n").unwrap_err();
+    assert!(error.contains("key `scheduler.pickup_deadline`"), "{error}");
+    assert!(error.contains("write \"300s\""), "{error}");
+    let error = check("[cache]\neviction_schedule = \"every 1h\"\n").unwrap_err();
+    assert!(error.contains("write \"1h\""), "{error}");
+    let error = check("[github]\nrequest_timeout_secs = 5\n").unwrap_err();
+    assert!(error.contains("it is now `request_timeout`"), "{error}");
+    let pool = "[scheduler]\nrunner_scope = \"o\"\n[github]\ntoken = \"t\"\n[[pools]]\nname = \"a\"\n\
+                labels = []\nmax_runners = 1\nprovider = \"microvm\"\n";
+    check(pool).expect("a microvm pool with defaults");
+    let error = check(&format!("{pool}[pools.settings]\nvcpus = 1\n")).unwrap_err();
+    assert!(error.contains("[pools.provider.KIND]"), "{error}");
+    let error =
+        check(&pool.replace(
+            "provider = \"microvm\"\n",
+            "[pools.provider.microvm]\nboot_timeout_secs = 5\n",
+        ))
+        .unwrap_err();
+    assert!(error.contains("it is now `boot_timeout`"), "{error}");
+}
+
+#[test]
+fn checks_across_sections_run_at_load_with_their_line() {
+    let pools = |body: &str| {
+        format!("[scheduler]\nrunner_scope = \"octo-org\"\n[github]\ntoken = \"t\"\n{body}")
+    };
+    let pool = |name: &str, extra: &str| {
+        format!("[[pools]]\nname = \"{name}\"\nlabels = [\"linux\"]\nmax_runners = 2\n{extra}")
+    };
+    let twice = pools(&format!("{}{}", pool("a", ""), pool("a", "")));
+    let error = check(&twice).unwrap_err();
+    assert!(error.starts_with("hangar.toml:10: key `pools[1].name`"), "{error}");
+    let error = check(&pools(&pool("a", "min_hot = 3\n"))).unwrap_err();
+    assert!(error.starts_with("hangar.toml:9: key `pools[0].min_hot`"), "{error}");
+    let error = check(&pools(&pool("a", "provider = \"ec2\"\n"))).unwrap_err();
+    assert!(error.contains("key `pools[0].provider`: expected one of"), "{error}");
+    let no_credentials = pool("a", "");
+    let error = check(&format!("[scheduler]\nrunner_scope = \"o\"\n{no_credentials}")).unwrap_err();
+    assert!(error.contains("key `github`: expected GitHub credentials"), "{error}");
+    let no_scope = format!("[github]\ntoken = \"t\"\n{no_credentials}");
+    let error = check(&no_scope).unwrap_err();
+    assert!(error.contains("key `scheduler.runner_scope`"), "{error}");
+    let app = "[github]\napp_id = \"1\"\n";
+    let error = check(app).unwrap_err();
+    assert!(error.contains("key `github.installation_id`"), "{error}");
+}
+
+#[test]
+fn every_example_config_loads() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&examples).expect("examples/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let env =
+                |name: &str| (name == "HANGAR_GITHUB_TOKEN").then(|| "ghp_example".to_owned());
+            load(Some(&path), &env, Overrides::default()).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(checked >= 2, "expected example configs in {}", examples.display());
+}

@@ -1,0 +1,148 @@
+//! Isolation fails closed, with the real binary against the GitHub
+//! simulator: an `auto` pool with no microVM image starts no runner at all
+//! (`/healthz` says degraded and why, the job's reason says why), and only
+//! `allow_unisolated = true` makes it run local processes, loudly.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hangar_simulator::{JobSpec, SimConfig, SimHandle, SimJobStatus, Simulator};
+use hangar_test_harness::wait_for;
+
+struct Serve {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(dir: &Path, sim: &SimHandle, provider: &str) -> Serve {
+    let config = dir.join("hangar.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[webhook]
+secret = "{secret}"
+[github]
+api_url = "{api}"
+token = "{token}"
+repositories = ["octo-org/app"]
+[scheduler]
+runner_scope = "octo-org"
+reconcile_interval = "200ms"
+github_sync_interval = "500ms"
+[[pools]]
+name = "linux"
+labels = ["linux"]
+max_runners = 2
+idle_timeout = "2s"
+{provider}
+"#,
+            secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
+            api = sim.api_url(),
+            token = SimConfig::DEFAULT_PAT,
+        ),
+    )
+    .expect("config written");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        // No image in this cache: microVMs are not possible, whatever the host has.
+        .env("HANGAR_CACHE_DIR", dir.join("empty-image-cache"))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("serve.log")).expect("log"))
+        .spawn()
+        .expect("hangar starts");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+    let url = line.trim().strip_prefix("hangar listening on ").expect("listening line").to_owned();
+    sim.webhook_url_set(Some(format!("{url}/webhook")));
+    Serve { child, url }
+}
+
+async fn get_json(url: &str) -> serde_json::Value {
+    reqwest::get(url).await.expect("GET").json().await.expect("JSON")
+}
+
+async fn get_text(url: &str) -> String {
+    reqwest::get(url).await.expect("GET").text().await.expect("text")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_without_an_image_runs_nothing_and_says_why() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let hangar = serve(dir.path(), &sim, "provider = \"auto\"");
+    let job = sim.job_queue(JobSpec::new("octo-org/app", ["self-hosted", "linux"]));
+
+    let health = wait_for("/healthz to say degraded", Duration::from_secs(30), || async {
+        let health = get_json(&format!("{}/healthz", hangar.url)).await;
+        (health["status"] == "degraded").then_some(health)
+    })
+    .await;
+    let problem = &health["problems"][0];
+    assert_eq!(problem["component"], "pool linux", "{health}");
+    let reason = problem["reason"].as_str().expect("a reason");
+    assert!(reason.contains("no microVM image"), "{reason}");
+    assert!(reason.contains("allow_unisolated"), "{reason}");
+
+    let view = wait_for("the job's reason", Duration::from_secs(30), || async {
+        let view = get_json(&format!("{}/api/v1/jobs/{job}", hangar.url)).await;
+        view["lifecycle"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("no microVM image"))
+            .then_some(view)
+    })
+    .await;
+    assert!(view["lifecycle"]["reason"].as_str().expect("reason").contains("pool linux"), "{view}");
+    // Several activations later, still nothing was started anywhere.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(sim.counters().registrations_created, 0);
+    assert!(!dir.path().join("data/runners").exists(), "a local process was started");
+    let metrics = get_text(&format!("{}/metrics", hangar.url)).await;
+    assert!(metrics.contains("hangar_pool_isolated{pool=\"linux\"} 1"), "{metrics}");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).expect("log");
+    assert!(log.contains("is UNHEALTHY and starts no runners"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_unisolated_runs_local_processes_and_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = Simulator::start(SimConfig {
+        long_poll: Duration::from_millis(500),
+        ..SimConfig::default()
+    })
+    .await
+    .expect("simulator");
+    let runner = hangar_standin_runner::binary_path().expect("stand-in runner");
+    let provider = format!(
+        "[pools.provider.auto]\nallow_unisolated = true\nprocess = {{ command = {:?} }}",
+        runner.display().to_string()
+    );
+    let hangar = serve(dir.path(), &sim, &provider);
+    let job = sim.job_queue(
+        JobSpec::new("octo-org/app", ["self-hosted", "linux"]).duration(Duration::from_millis(100)),
+    );
+    wait_for("the job to complete", Duration::from_secs(60), || async {
+        sim.job(job).is_some_and(|j| j.status == SimJobStatus::Completed).then_some(())
+    })
+    .await;
+    let health = get_json(&format!("{}/healthz", hangar.url)).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    let metrics = get_text(&format!("{}/metrics", hangar.url)).await;
+    assert!(metrics.contains("hangar_pool_isolated{pool=\"linux\"} 0"), "{metrics}");
+    let log = std::fs::read_to_string(dir.path().join("serve.log")).expect("log");
+    assert!(log.contains("FELL BACK TO LOCAL PROCESSES"), "{log}");
+    assert!(log.contains("NOT isolated"), "{log}");
+}
