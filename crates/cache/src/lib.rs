@@ -77,7 +77,15 @@ impl CacheService {
             settings,
             public_url: config.public_url.clone(),
             clock,
+            tasks: tokio_util::task::TaskTracker::new(),
         })
+    }
+
+    /// Waits for the work a request left running (the size-cap eviction
+    /// after a save), for an orderly stop.
+    pub async fn drain(&self) {
+        self.tasks.close();
+        self.tasks.wait().await;
     }
 
     /// The metadata index (for `hangar cache ls/rm/stats`).

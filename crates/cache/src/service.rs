@@ -108,6 +108,8 @@ pub struct CacheService {
     pub(crate) settings: Settings,
     pub(crate) public_url: Option<String>,
     pub(crate) clock: Arc<dyn Clock>,
+    /// Work a request leaves running (size-cap eviction), drained on stop.
+    pub(crate) tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for CacheService {
@@ -483,7 +485,7 @@ impl CacheService {
         // Enforce the size cap right away; GitHub also accepts then evicts.
         let this = self.clone();
         let repo = entry.repository_id;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if let Err(e) = crate::evict::evict_repo_over_cap(&this, repo, false).await {
                 tracing::warn!(repository_id = repo, error = %e, "cache: size-cap eviction failed");
             }

@@ -13,7 +13,8 @@
 //! # Stopping
 //! [`App::serve`] stops taking requests when its shutdown future resolves
 //! (in-flight requests finish), then [`App::stop`] goes in order:
-//! 1. the app's own tasks end (eviction between passes);
+//! 1. the app's own tasks end (eviction between passes, the cache's
+//!    size-cap evictions after saves);
 //! 2. the lifecycle stops: no new activation, sagas under way reach their
 //!    end (bounded by `scheduler.shutdown_grace`), sagas not yet started
 //!    are dropped before any side effect;
@@ -207,6 +208,9 @@ impl App {
         self.cancel.cancel();
         self.tasks.close();
         self.tasks.wait().await;
+        if let Some(cache) = &self.cache {
+            cache.drain().await;
+        }
         let report = match &self.lifecycle {
             Some(lifecycle) => lifecycle.stop().await,
             None => StopReport { tasks_left: 0 },
