@@ -33,6 +33,7 @@ pub mod accel;
 pub mod bench;
 pub mod config;
 pub mod image;
+pub mod initramfs;
 mod net;
 pub mod qmp;
 pub mod vmm;
