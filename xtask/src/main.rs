@@ -12,7 +12,7 @@ mod tidy;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -140,14 +140,11 @@ fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command with inherited stdio, failing on a non-zero exit.
+/// Runs a command with inherited stdio, failing on a non-zero exit (a
+/// missing program is named with its Debian package).
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} exited with {status}");
-    }
-    Ok(())
+    Ok(hangar_exec::status(cmd)?)
 }
 
 /// Cargo's target directory (`$CARGO_TARGET_DIR`, else `target/`).

@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use hangar_exec::{require, run};
 use hangar_guest_agent::AgentConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -55,6 +56,31 @@ pub const KERNEL_PATCHES: [(&str, &str); 1] = [(
     "0001-x86-mm-no-initmem-poison.patch",
     include_str!("../kernel/patches/0001-x86-mm-no-initmem-poison.patch"),
 )];
+
+/// The programs (and files) building the kernel from Debian's source needs,
+/// checked before it starts (a missing one is a fallback to the stock
+/// kernel, said with the package to install). `cargo xtask test` installs
+/// their packages ([`hangar_exec::PACKAGES`]).
+pub const KERNEL_PROGRAMS: &[&str] = &[
+    "tar",
+    "xz",
+    "patch",
+    "make",
+    "gcc",
+    "/usr/include/stdio.h",
+    "flex",
+    "bison",
+    "bc",
+    "/usr/include/libelf.h",
+];
+
+/// The programs building the root filesystem and packing the image needs,
+/// checked before `hangar image build` starts (`objcopy` only for test
+/// images with the stand-in runner, `curl` only for the runner release).
+pub const ROOTFS_PROGRAMS: &[&str] = &["debootstrap", "chroot", "cp", "truncate", "mkfs.ext4"];
+
+/// What fetching Debian's stock kernel runs.
+pub const STOCK_PROGRAMS: &[&str] = &["apt-cache", "apt-get", "dpkg-deb"];
 
 /// The unprivileged account the runner runs as in every image.
 const RUNNER_USER: &str = "runner";
@@ -166,6 +192,9 @@ pub enum ImageError {
     },
     #[error("`{command}` failed ({status}); last output:\n{tail}")]
     Command { command: String, status: String, tail: String },
+    /// A program that is missing (named with its Debian package) or failed.
+    #[error(transparent)]
+    Exec(#[from] hangar_exec::ExecError),
     #[error("the runner user in the tree {tree}: {message}")]
     RunnerUser { tree: PathBuf, message: String },
 }
@@ -239,6 +268,13 @@ pub fn image_build(
     progress: &mut dyn Progress,
 ) -> Result<ImageInfo, ImageError> {
     let started = Instant::now();
+    // Up front, not after minutes of kernel build.
+    require(ROOTFS_PROGRAMS)?;
+    match &spec.runner {
+        RunnerSource::TestRunner { standin: Some(_) } => require(&["objcopy"])?,
+        RunnerSource::Release { .. } => require(&["curl", "tar"])?,
+        _ => {}
+    }
     let total = 4;
     progress.step(0, total, "kernel");
     let (kernel, initrd) =
@@ -425,6 +461,7 @@ fn kernel_build_from(
     if vmlinux.exists() {
         return Ok(vmlinux);
     }
+    require(KERNEL_PROGRAMS)?;
     let started = Instant::now();
     let work = temp_sibling(&dir)?;
     progress.step(0, 4, &format!("kernel: unpacking {}", source.display()));
@@ -509,10 +546,10 @@ pub fn stock_kernel_fetch(
     cache: &Path,
     progress: &mut dyn Progress,
 ) -> Result<StockKernel, ImageError> {
-    let out = Command::new("apt-cache")
-        .args(["depends", "linux-image-cloud-amd64"])
-        .output()
-        .map_err(io("running", Path::new("apt-cache")))?;
+    require(STOCK_PROGRAMS)?;
+    let out = hangar_exec::output(
+        Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
+    )?;
     let package = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -805,7 +842,8 @@ fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> 
             run(Command::new("chroot")
                 .arg(root)
                 .args(["chown", "-R", "runner:runner"])
-                .arg(Path::new("/").join(dest.strip_prefix(root).unwrap_or(&dest))))
+                .arg(Path::new("/").join(dest.strip_prefix(root).unwrap_or(&dest))))?;
+            Ok(())
         }
         RunnerSource::Release { version } => {
             let url = format!(
@@ -825,7 +863,8 @@ fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> 
                 "-R",
                 "runner:runner",
                 "/home/runner/actions-runner",
-            ]))
+            ]))?;
+            Ok(())
         }
     }
 }
@@ -893,26 +932,6 @@ fn temp_sibling(dir: &Path) -> Result<PathBuf, ImageError> {
 fn rename_into_place(from: &Path, to: &Path) -> Result<(), ImageError> {
     let _ = std::fs::remove_dir_all(to);
     std::fs::rename(from, to).map_err(io("renaming into", to))
-}
-
-fn run(cmd: &mut Command) -> Result<(), ImageError> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|source| ImageError::Io {
-        what: "running",
-        path: PathBuf::from(&shown),
-        source,
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let tail: Vec<&str> = text.lines().rev().take(30).collect();
-    Err(ImageError::Command {
-        command: shown,
-        status: out.status.to_string(),
-        tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-    })
 }
 
 #[cfg(test)]
