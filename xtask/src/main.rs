@@ -7,12 +7,13 @@
 
 mod bench_cache;
 mod prepare;
+mod readme;
 mod tidy;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,6 +35,10 @@ enum Cmd {
     },
     /// Check the architecture invariants that a command can check.
     Tidy,
+    /// Run the README's `cargo run` commands as a new user would (a step of
+    /// `test`): `serve` must listen, answer /healthz and stop cleanly on
+    /// SIGTERM; `demo` must exit 0.
+    Readme,
     /// Only prepare what the tests need (packages, npm modules, the microVM
     /// image) and print, as `export` lines, the variables that outlive it.
     /// The throw-away servers stop when it exits: `cargo xtask test ARGS`
@@ -73,6 +78,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Test { nextest_args } => test(&root, &nextest_args),
         Cmd::Tidy => tidy::run(&root),
+        Cmd::Readme => readme::run(&root),
         Cmd::Bench { what, runs, json } => match what.as_str() {
             "microvm" => prepare::images::bench_microvm(&root, runs, json),
             "microvm-reference" => prepare::images::bench_microvm_reference(&root, runs, json),
@@ -124,6 +130,7 @@ fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
         );
         return Ok(());
     }
+    readme::run(root).context("the README's commands")?;
     run(Command::new("cargo").args(["fmt", "--all", "--", "--check"])).context("cargo fmt")?;
     run(Command::new("cargo").args([
         "clippy",
@@ -140,14 +147,11 @@ fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Runs a command with inherited stdio, failing on a non-zero exit.
+/// Runs a command with inherited stdio, failing on a non-zero exit (a
+/// missing program is named with its Debian package).
 pub(crate) fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("xtask: $ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} exited with {status}");
-    }
-    Ok(())
+    Ok(hangar_exec::status(cmd)?)
 }
 
 /// Cargo's target directory (`$CARGO_TARGET_DIR`, else `target/`).

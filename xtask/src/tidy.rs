@@ -116,6 +116,13 @@ fn check_source(root: &Path, file: &Path, problems: &mut Vec<String>) -> Result<
     if !is_test_half && !text.trim_start().starts_with("//!") {
         problems.push(format!("{shown}: every file opens with a `//!` doc saying what it is"));
     }
+    let is_test_file = is_test_half || shown.contains("/tests/") || shown.contains("/benches/");
+    if !is_test_file && !shown.ends_with("tidy.rs") && runs_a_shell(&text) {
+        problems.push(format!(
+            "{shown}: no shell (`sh -c`) outside tests: a pipeline's failing stage is lost; run \
+             each program with `hangar_exec` (or write the stage in Rust)"
+        ));
+    }
     for banned in ["#[ignore", "#[should_panic"] {
         if text.contains(banned) && !shown.ends_with("tidy.rs") {
             problems.push(format!(
@@ -124,4 +131,28 @@ fn check_source(root: &Path, file: &Path, problems: &mut Vec<String>) -> Result<
         }
     }
     Ok(())
+}
+
+/// Whether the non-test part of a source file (before its `#[cfg(test)]`)
+/// starts a shell.
+fn runs_a_shell(text: &str) -> bool {
+    let code = text.split("#[cfg(test)]").next().unwrap_or(text);
+    ["sh", "bash", "/bin/sh", "/bin/bash", "dash"]
+        .iter()
+        .any(|shell| code.contains(&format!("Command::new(\"{shell}\")")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_shell_outside_tests_is_found() {
+        let q = '"';
+        let shell = format!("fn f() {{ Command::new({q}sh{q}).arg({q}-c{q}); }}");
+        assert!(runs_a_shell(&shell));
+        assert!(runs_a_shell(&shell.replace("sh", "/bin/bash")));
+        assert!(!runs_a_shell(&format!("fn f() {{}}\n#[cfg(test)]\nmod tests {{ {shell} }}")));
+        assert!(!runs_a_shell(&shell.replace("sh", "cpio")));
+    }
 }

@@ -24,8 +24,9 @@
 //!   `busybox-static`, fetched the same way) loads the kernel's virtio
 //!   modules, mounts the root disk and hands PID 1 to the guest agent. Its
 //!   virtio-mmio driver has no command-line discovery, so such VMs boot with
-//!   ACPI. About 2 s slower to boot under TCG (shared research §5). Cached
-//!   under `kernels/stock-<package>`.
+//!   ACPI. The initramfs is written in process ([`crate::initramfs`]: no
+//!   `cpio` or `gzip` program). About 2 s slower to boot under TCG (shared
+//!   research §5). Cached under `kernels/stock-<package>`.
 //!
 //! Each step is atomic (built in a temporary directory, renamed into
 //! place), so an interrupted build never leaves a half image in the cache.
@@ -37,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+use hangar_exec::{require, run};
 use hangar_guest_agent::AgentConfig;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
@@ -54,6 +56,31 @@ pub const KERNEL_PATCHES: [(&str, &str); 1] = [(
     "0001-x86-mm-no-initmem-poison.patch",
     include_str!("../kernel/patches/0001-x86-mm-no-initmem-poison.patch"),
 )];
+
+/// The programs (and files) building the kernel from Debian's source needs,
+/// checked before it starts (a missing one is a fallback to the stock
+/// kernel, said with the package to install). `cargo xtask test` installs
+/// their packages ([`hangar_exec::PACKAGES`]).
+pub const KERNEL_PROGRAMS: &[&str] = &[
+    "tar",
+    "xz",
+    "patch",
+    "make",
+    "gcc",
+    "/usr/include/stdio.h",
+    "flex",
+    "bison",
+    "bc",
+    "/usr/include/libelf.h",
+];
+
+/// The programs building the root filesystem and packing the image needs,
+/// checked before `hangar image build` starts (`objcopy` only for test
+/// images with the stand-in runner, `curl` only for the runner release).
+pub const ROOTFS_PROGRAMS: &[&str] = &["debootstrap", "chroot", "cp", "truncate", "mkfs.ext4"];
+
+/// What fetching Debian's stock kernel runs.
+pub const STOCK_PROGRAMS: &[&str] = &["apt-cache", "apt-get", "dpkg-deb"];
 
 /// The unprivileged account the runner runs as in every image.
 const RUNNER_USER: &str = "runner";
@@ -165,6 +192,9 @@ pub enum ImageError {
     },
     #[error("`{command}` failed ({status}); last output:\n{tail}")]
     Command { command: String, status: String, tail: String },
+    /// A program that is missing (named with its Debian package) or failed.
+    #[error(transparent)]
+    Exec(#[from] hangar_exec::ExecError),
     #[error("the runner user in the tree {tree}: {message}")]
     RunnerUser { tree: PathBuf, message: String },
 }
@@ -238,6 +268,13 @@ pub fn image_build(
     progress: &mut dyn Progress,
 ) -> Result<ImageInfo, ImageError> {
     let started = Instant::now();
+    // Up front, not after minutes of kernel build.
+    require(ROOTFS_PROGRAMS)?;
+    match &spec.runner {
+        RunnerSource::TestRunner { standin: Some(_) } => require(&["objcopy"])?,
+        RunnerSource::Release { .. } => require(&["curl", "tar"])?,
+        _ => {}
+    }
     let total = 4;
     progress.step(0, total, "kernel");
     let (kernel, initrd) =
@@ -424,6 +461,7 @@ fn kernel_build_from(
     if vmlinux.exists() {
         return Ok(vmlinux);
     }
+    require(KERNEL_PROGRAMS)?;
     let started = Instant::now();
     let work = temp_sibling(&dir)?;
     progress.step(0, 4, &format!("kernel: unpacking {}", source.display()));
@@ -508,10 +546,10 @@ pub fn stock_kernel_fetch(
     cache: &Path,
     progress: &mut dyn Progress,
 ) -> Result<StockKernel, ImageError> {
-    let out = Command::new("apt-cache")
-        .args(["depends", "linux-image-cloud-amd64"])
-        .output()
-        .map_err(io("running", Path::new("apt-cache")))?;
+    require(STOCK_PROGRAMS)?;
+    let out = hangar_exec::output(
+        Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
+    )?;
     let package = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
@@ -526,6 +564,9 @@ pub fn stock_kernel_fetch(
     h.update(package.as_bytes());
     h.update(stock_init_script().as_bytes());
     h.update(STOCK_MODULES.join(",").as_bytes());
+    // Version 2: written in process (version 1 piped `find | cpio | gzip`,
+    // which wrote an empty archive where `cpio` was missing).
+    h.update(b"initramfs-v2");
     let key = hex::encode(h.finalize())[..8].to_owned();
     let dir = cache.join("kernels").join(format!("stock-{package}-{key}"));
     let stock = StockKernel {
@@ -560,26 +601,12 @@ pub fn stock_kernel_fetch(
     }
 
     progress.step(2, 4, "kernel: packing the stock kernel's initramfs");
-    let root = work.join("initramfs");
-    let busybox = x.join("bin/busybox");
-    for d in ["bin", "dev", "proc", "sys", "newroot", "modules"] {
-        std::fs::create_dir_all(root.join(d)).map_err(io("creating", &root))?;
-    }
-    std::fs::copy(&busybox, root.join("bin/busybox")).map_err(io("copying", &busybox))?;
-    for name in &order {
-        let from = &by_name[name];
-        std::fs::copy(from, root.join("modules").join(format!("{name}.ko")))
-            .map_err(io("copying", from))?;
-    }
-    write_file(&root.join("modules.order"), order.join("\n").as_bytes(), 0o644)?;
-    write_file(&root.join("init"), stock_init_script().as_bytes(), 0o755)?;
     let out_dir = work.join("out");
     std::fs::create_dir_all(&out_dir).map_err(io("creating", &out_dir))?;
     let initrd = out_dir.join("initrd.cpio.gz");
-    run(Command::new("sh")
-        .current_dir(&root)
-        .arg("-c")
-        .arg(format!("find . | cpio -o -H newc --quiet | gzip -9 > '{}'", initrd.display())))?;
+    let modules: Vec<(String, &Path)> =
+        order.iter().map(|name| (name.clone(), by_name[name].as_path())).collect();
+    stock_initramfs_write(&initrd, &x.join("bin/busybox"), &modules)?;
     let vmlinuz = x.join("boot").join(format!("vmlinuz-{version}"));
     std::fs::copy(&vmlinuz, out_dir.join("vmlinuz")).map_err(io("copying", &vmlinuz))?;
     write_file(&out_dir.join("package"), package.as_bytes(), 0o644)?;
@@ -587,6 +614,39 @@ pub fn stock_kernel_fetch(
     let _ = std::fs::remove_dir_all(&work);
     progress.step(3, 4, &format!("kernel: using Debian's stock kernel {package} (fallback)"));
     Ok(stock)
+}
+
+/// Writes the stock kernel's initramfs to `path`: a static busybox, the
+/// kernel `modules` (name, `.ko`) in load order (`/modules.order`), and
+/// [`stock_init_script`] as `/init`.
+fn stock_initramfs_write(
+    path: &Path,
+    busybox: &Path,
+    modules: &[(String, &Path)],
+) -> Result<(), ImageError> {
+    // A failure leaves a partial file in the build's temporary directory,
+    // which is never renamed into the cache.
+    let file = std::fs::File::create(path).map_err(io("creating", path))?;
+    let mut archive = crate::initramfs::GzNewc::new(std::io::BufWriter::new(file));
+    for dir in ["bin", "dev", "proc", "sys", "newroot", "modules"] {
+        archive.dir(dir, 0o755).map_err(io("writing", path))?;
+    }
+    let bytes = std::fs::read(busybox).map_err(io("reading", busybox))?;
+    archive.file("bin/busybox", 0o755, &bytes).map_err(io("writing", path))?;
+    for (name, ko) in modules {
+        let bytes = std::fs::read(ko).map_err(io("reading", ko))?;
+        archive.file(&format!("modules/{name}.ko"), 0o644, &bytes).map_err(io("writing", path))?;
+    }
+    let order: Vec<&str> = modules.iter().map(|(name, _)| name.as_str()).collect();
+    archive
+        .file("modules.order", 0o644, order.join("\n").as_bytes())
+        .map_err(io("writing", path))?;
+    archive.file("init", 0o755, stock_init_script().as_bytes()).map_err(io("writing", path))?;
+    archive
+        .finish()
+        .and_then(|w| w.into_inner().map_err(std::io::IntoInnerError::into_error))
+        .and_then(|f| f.sync_all())
+        .map_err(io("writing", path))
 }
 
 /// The initramfs's `/init`: load the virtio modules, mount the root disk,
@@ -782,7 +842,8 @@ fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> 
             run(Command::new("chroot")
                 .arg(root)
                 .args(["chown", "-R", "runner:runner"])
-                .arg(Path::new("/").join(dest.strip_prefix(root).unwrap_or(&dest))))
+                .arg(Path::new("/").join(dest.strip_prefix(root).unwrap_or(&dest))))?;
+            Ok(())
         }
         RunnerSource::Release { version } => {
             let url = format!(
@@ -802,7 +863,8 @@ fn runner_install(root: &Path, runner: &RunnerSource) -> Result<(), ImageError> 
                 "-R",
                 "runner:runner",
                 "/home/runner/actions-runner",
-            ]))
+            ]))?;
+            Ok(())
         }
     }
 }
@@ -870,26 +932,6 @@ fn temp_sibling(dir: &Path) -> Result<PathBuf, ImageError> {
 fn rename_into_place(from: &Path, to: &Path) -> Result<(), ImageError> {
     let _ = std::fs::remove_dir_all(to);
     std::fs::rename(from, to).map_err(io("renaming into", to))
-}
-
-fn run(cmd: &mut Command) -> Result<(), ImageError> {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().map_err(|source| ImageError::Io {
-        what: "running",
-        path: PathBuf::from(&shown),
-        source,
-    })?;
-    if out.status.success() {
-        return Ok(());
-    }
-    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
-    text.push_str(&String::from_utf8_lossy(&out.stderr));
-    let tail: Vec<&str> = text.lines().rev().take(30).collect();
-    Err(ImageError::Command {
-        command: shown,
-        status: out.status.to_string(),
-        tail: tail.into_iter().rev().collect::<Vec<_>>().join("\n"),
-    })
 }
 
 #[cfg(test)]
@@ -964,5 +1006,42 @@ mod tests {
         assert!(e.contains("setpriv"), "{e}");
         let config = agent_config(&spec, tree(PASSWD, docker, true).path()).unwrap();
         assert!(config.runner_user.supplementary_groups);
+    }
+
+    #[test]
+    fn the_stock_initramfs_holds_busybox_the_modules_in_order_and_init() {
+        let dir = tempfile::tempdir().unwrap();
+        let busybox = dir.path().join("busybox");
+        std::fs::write(&busybox, b"\x7fELF busybox").unwrap();
+        let (core, blk) = (dir.path().join("virtio.ko"), dir.path().join("virtio_blk.ko"));
+        std::fs::write(&core, b"core module").unwrap();
+        std::fs::write(&blk, b"blk module").unwrap();
+        let initrd = dir.path().join("initrd.cpio.gz");
+        let modules = [("virtio".to_owned(), core.as_path()), ("virtio_blk".into(), blk.as_path())];
+        stock_initramfs_write(&initrd, &busybox, &modules).unwrap();
+
+        let entries = crate::initramfs::list_gz(&std::fs::read(&initrd).unwrap());
+        let find = |name: &str| {
+            entries.iter().find(|(n, _, _)| n == name).unwrap_or_else(|| panic!("no {name}"))
+        };
+        for d in ["bin", "dev", "proc", "sys", "newroot", "modules"] {
+            assert_eq!(find(d).1, 0o040755, "{d} is a directory");
+        }
+        assert_eq!(find("bin/busybox").2, b"\x7fELF busybox");
+        assert_eq!(find("bin/busybox").1, 0o100755);
+        assert_eq!(find("modules/virtio_blk.ko").2, b"blk module");
+        assert_eq!(find("modules.order").2, b"virtio\nvirtio_blk");
+        let init = find("init");
+        assert_eq!(init.1, 0o100755);
+        assert_eq!(init.2, stock_init_script().as_bytes());
+        assert!(init.2.starts_with(b"#!/bin/busybox sh"));
+    }
+
+    #[test]
+    fn a_missing_busybox_fails_the_initramfs() {
+        let dir = tempfile::tempdir().unwrap();
+        let initrd = dir.path().join("initrd.cpio.gz");
+        let e = stock_initramfs_write(&initrd, &dir.path().join("no-busybox"), &[]).unwrap_err();
+        assert!(e.to_string().contains("no-busybox"), "{e}");
     }
 }

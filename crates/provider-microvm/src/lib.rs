@@ -33,6 +33,7 @@ pub mod accel;
 pub mod bench;
 pub mod config;
 pub mod image;
+pub mod initramfs;
 mod net;
 pub mod qmp;
 pub mod vmm;
@@ -191,8 +192,8 @@ pub enum MicrovmError {
     },
     #[error("socket path {path} is longer than {MAX_SOCKET_PATH} bytes; use a shorter state_dir")]
     SocketPath { path: PathBuf },
-    #[error("qemu-img failed to create the overlay: {stderr}")]
-    Overlay { stderr: String },
+    #[error("creating the overlay")]
+    Overlay(#[source] hangar_exec::ExecError),
     #[error("starting the vmm")]
     Vmm(#[from] vmm::VmmError),
     #[error("network setup")]
@@ -459,9 +460,12 @@ impl Provider for MicrovmProvider {
                 };
             }
         }
-        let qemu = tokio::process::Command::new(&c.qemu).arg("--version").output().await;
-        match qemu {
-            Ok(out) if out.status.success() => Health {
+        let mut qemu = tokio::process::Command::new(&c.qemu);
+        qemu.arg("--version");
+        let shown = hangar_exec::shown(qemu.as_std());
+        // A missing QEMU is named with its Debian package.
+        match hangar_exec::check(c.qemu.as_os_str(), shown, qemu.output().await) {
+            Ok(out) => Health {
                 ok: true,
                 message: format!(
                     "{} with {:?}",
@@ -469,13 +473,7 @@ impl Provider for MicrovmProvider {
                     self.inner.accel
                 ),
             },
-            Ok(out) => Health {
-                ok: false,
-                message: format!("{} --version: {}", c.qemu.display(), out.status),
-            },
-            Err(e) => {
-                Health { ok: false, message: format!("{} cannot run: {e}", c.qemu.display()) }
-            }
+            Err(e) => Health { ok: false, message: hangar_types::ErrorChain(&e).to_string() },
         }
     }
 
@@ -630,18 +628,14 @@ impl Inner {
         if let Some(bytes) = self.overlay_templates.lock().expect("templates lock").get(&key) {
             return Ok(Arc::clone(bytes));
         }
-        let out = tokio::process::Command::new(&self.config.qemu_img)
+        let mut qemu_img = tokio::process::Command::new(&self.config.qemu_img);
+        qemu_img
             .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
             .arg(backing)
-            .arg(scratch)
-            .output()
-            .await
-            .map_err(io_err("running qemu-img for", scratch))?;
-        if !out.status.success() {
-            return Err(MicrovmError::Overlay {
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
+            .arg(scratch);
+        let shown = hangar_exec::shown(qemu_img.as_std());
+        hangar_exec::check(self.config.qemu_img.as_os_str(), shown, qemu_img.output().await)
+            .map_err(MicrovmError::Overlay)?;
         let bytes = Arc::new(std::fs::read(scratch).map_err(io_err("reading", scratch))?);
         let mut templates = self.overlay_templates.lock().expect("templates lock");
         // Backing files come and go (new images, new snapshots).

@@ -39,8 +39,9 @@ use crate::config::NetworkConfig;
 pub enum NetError {
     #[error("bad network config: {0}")]
     Config(String),
-    #[error("{command} failed: {stderr}")]
-    Command { command: String, stderr: String },
+    /// `ip` or `nft` missing (named with its package) or failing.
+    #[error(transparent)]
+    Exec(#[from] hangar_exec::ExecError),
     #[error("running {command}")]
     Spawn {
         command: String,
@@ -149,22 +150,14 @@ impl Network {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| NetError::Spawn { command: "nft".into(), source })?;
+            .map_err(|e| hangar_exec::start_error("nft".as_ref(), "nft -f -".into(), e))?;
         child
             .stdin
             .take()
             .expect("piped stdin")
             .write_all(ruleset.as_bytes())
             .map_err(|source| NetError::Spawn { command: "nft".into(), source })?;
-        let out = child
-            .wait_with_output()
-            .map_err(|source| NetError::Spawn { command: "nft".into(), source })?;
-        if !out.status.success() {
-            return Err(NetError::Command {
-                command: "nft -f -".into(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-            });
-        }
+        hangar_exec::check("nft".as_ref(), "nft -f -".into(), child.wait_with_output())?;
         Ok(())
     }
 
@@ -276,16 +269,7 @@ fn forwarding_release() -> Result<(), NetError> {
     if !marker.exists() {
         return Ok(());
     }
-    let tables = Command::new("nft")
-        .args(["list", "tables"])
-        .output()
-        .map_err(|source| NetError::Spawn { command: "nft list tables".into(), source })?;
-    if !tables.status.success() {
-        return Err(NetError::Command {
-            command: "nft list tables".into(),
-            stderr: String::from_utf8_lossy(&tables.stderr).trim().to_owned(),
-        });
-    }
+    let tables = hangar_exec::output(Command::new("nft").args(["list", "tables"]))?;
     let in_use = String::from_utf8_lossy(&tables.stdout)
         .split_whitespace()
         .any(|w| w.starts_with("hangar_"));
@@ -299,18 +283,7 @@ fn forwarding_release() -> Result<(), NetError> {
 }
 
 fn run(program: &str, args: &[&str]) -> Result<(), NetError> {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|source| NetError::Spawn { command: program.into(), source })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Command {
-            command: format!("{program} {}", args.join(" ")),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        })
-    }
+    Ok(hangar_exec::run(Command::new(program).args(args))?)
 }
 
 fn parse_slash16(subnet: &str) -> Result<Ipv4Addr, NetError> {
@@ -326,10 +299,8 @@ fn parse_slash16(subnet: &str) -> Result<Ipv4Addr, NetError> {
 }
 
 fn default_uplink() -> Result<String, NetError> {
-    let out = Command::new("ip")
-        .args(["-o", "-4", "route", "show", "default"])
-        .output()
-        .map_err(|source| NetError::Spawn { command: "ip route".into(), source })?;
+    let out =
+        hangar_exec::output(Command::new("ip").args(["-o", "-4", "route", "show", "default"]))?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace()
         .skip_while(|w| *w != "dev")

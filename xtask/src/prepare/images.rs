@@ -88,12 +88,11 @@ fn prune_old_images(cache: &Path, name: &str, keep: &str) {
 }
 
 fn which(program: &str) -> Option<PathBuf> {
-    let out = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().ok()?;
-    out.status.success().then(|| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+    hangar_exec::find(program)
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+    super::packages::is_root()
 }
 
 /// `cargo xtask bench microvm`: prepares the test image, then runs

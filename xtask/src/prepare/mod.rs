@@ -42,7 +42,7 @@ impl TestEnv {
 
 pub(crate) fn all(root: &Path) -> Result<TestEnv> {
     let mut env = TestEnv::default();
-    packages::ensure(&packages::NEEDED)?;
+    packages::ensure(&packages::needed())?;
     postgres::prepare(root, &mut env)?;
     images::prepare(root, &mut env)?;
     npm::prepare(root, &mut env)?;
@@ -52,7 +52,7 @@ pub(crate) fn all(root: &Path) -> Result<TestEnv> {
 
 /// Only the npm clients (for `cargo xtask bench-cache`).
 pub(crate) fn npm_only(root: &Path, env: &mut TestEnv) -> Result<()> {
-    packages::ensure(&packages::NEEDED)?;
+    packages::ensure(&packages::needed())?;
     npm::prepare(root, env)
 }
 

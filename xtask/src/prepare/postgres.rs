@@ -126,5 +126,5 @@ fn free_port() -> Result<u16> {
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|out| out.stdout.starts_with(b"0\n"))
+    super::packages::is_root()
 }
