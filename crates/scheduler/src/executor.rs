@@ -510,10 +510,18 @@ async fn registration_remove(
 async fn orphan_instance_destroy(lc: &Lifecycle, pool: &PoolName, runner: &RunnerId) {
     let Some(provider) = lc.provider(pool) else { return };
     tracing::info!(runner_id = %runner, pool = %pool, "Destroying an orphan instance.");
-    // An orphan may still hold a registration (hangar died before recording it).
-    if let Err(e) = registration_remove(lc, runner.as_str(), None).await {
-        tracing::warn!(runner_id = %runner, error = %chain(&e), "Could not remove an orphan's registration.");
-        return;
+    // An orphan may still hold a registration (hangar died before recording
+    // it); one GitHub says is busy is running a job and is left alone.
+    match registration_remove(lc, runner.as_str(), None).await {
+        Ok(RunnerDeletion::Busy) => {
+            tracing::info!(runner_id = %runner, "Orphan instance kept: GitHub says it is busy.");
+            return;
+        }
+        Ok(RunnerDeletion::Deleted | RunnerDeletion::Gone) => {}
+        Err(e) => {
+            tracing::warn!(runner_id = %runner, error = %chain(&e), "Could not remove an orphan's registration.");
+            return;
+        }
     }
     match tokio::time::timeout(lc.config.provider_timeout, provider.destroy(runner)).await {
         Ok(Ok(())) => {

@@ -10,16 +10,20 @@
 //!
 //! # Decisions, in order
 //! 1. **Assignments.** A job GitHub says is running on one of our runners
-//!    marks that runner busy; if the runner was made for another job, that
-//!    is recorded as stolen (the other job is still queued and is matched
-//!    again below, so it gets a runner).
+//!    marks that runner busy, from whatever state before busy it is recorded
+//!    in (a restart can leave a runner that is running a job `planned` or
+//!    `registered`); if the runner was made for another job, that is
+//!    recorded as stolen (the other job is still queued and is matched
+//!    again below, so it gets a runner). A runner whose registration GitHub
+//!    lists as busy counts as busy too.
 //! 2. **Reaping.** Runners whose job completed, whose instance exited or
 //!    vanished, whose creation was interrupted (hangar died mid-way), that
 //!    were never picked up, idle too long or lived too long; instances the
 //!    store does not know (orphan instances); `hangar-` registrations the
 //!    store does not know (orphan registrations). Busy runners are never
-//!    reaped for idleness or age; the executor re-reads GitHub before any
-//!    delete as a second guard.
+//!    reaped for idleness or age, and nothing GitHub lists as busy is torn
+//!    down at all; the executor re-reads GitHub before any delete as a
+//!    second guard.
 //! 3. **Matching.** Queued jobs, oldest first, each take one available
 //!    runner of a pool whose labels are a superset of theirs (a runner made
 //!    for the job first). Demand is counted, not pinned: on GitHub any
@@ -32,6 +36,12 @@
 //!    are reaped.
 //! 6. **Reasons.** Every queued job gets a one-line reason saying why it has
 //!    no runner yet, or which runner is on its way.
+//!
+//! A runner gets at most one action per plan (the executor writes each
+//! from the snapshot's record, so a second would be a stale write), and
+//! none while it is in flight. `plan/proptests.rs` checks this, and that
+//! every action is a transition the runner state machine allows, and that
+//! plan → execute → plan reaches a fixed point, on random snapshots.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -235,10 +245,16 @@ struct Planner<'a> {
     pools: &'a [PoolConfig],
     s: &'a Snapshot,
     jobs: HashMap<JobId, &'a JobView>,
+    /// Runners this plan assigns or marks ready. Nothing else is planned for
+    /// them until the next snapshot: the executor writes each action from
+    /// the snapshot's record, so a second write to one runner is refused.
+    acted_on: HashSet<RunnerId>,
     /// Runners this plan tears down; they are neither matched nor counted as spare.
     reaped: HashSet<RunnerId>,
     /// Live runners per pool, including ones this plan creates.
     live: HashMap<&'a PoolName, u32>,
+    /// Names GitHub's registration list reports busy: never torn down.
+    github_busy: HashSet<&'a str>,
     actions: Vec<Action>,
 }
 
@@ -253,8 +269,16 @@ impl<'a> Planner<'a> {
             pools,
             s,
             jobs: s.jobs.iter().map(|j| (j.id, j)).collect(),
+            acted_on: HashSet::new(),
             reaped: HashSet::new(),
             live,
+            github_busy: s
+                .registrations
+                .iter()
+                .flatten()
+                .filter(|r| r.busy)
+                .map(|r| r.name.as_str())
+                .collect(),
             actions: Vec::new(),
         }
     }
@@ -286,13 +310,23 @@ impl<'a> Planner<'a> {
                     runner.state,
                     RunnerState::Planned | RunnerState::Registered | RunnerState::Launched
                 );
-            if unassigned && !self.s.in_flight.contains(&runner.id) {
+            // `acted_on`: one assignment per runner, even if GitHub names it for two jobs.
+            if unassigned
+                && !self.s.in_flight.contains(&runner.id)
+                && self.acted_on.insert(runner.id.clone())
+            {
                 let stolen_from = runner.for_job.filter(|&wanted| wanted != job.id);
                 self.actions.push(Action::RunnerAssign {
                     runner: runner.id.clone(),
                     job: job.id,
                     stolen_from,
                 });
+            }
+        }
+        // A busy registration runs a job whose `in_progress` we have not seen.
+        for runner in &self.s.runners {
+            if self.github_busy.contains(runner.id.as_str()) {
+                busy.insert(runner.id.clone());
             }
         }
         busy
@@ -302,7 +336,7 @@ impl<'a> Planner<'a> {
     fn reap_runners(&mut self, busy: &HashSet<RunnerId>) {
         let now = self.s.now;
         for runner in &self.s.runners {
-            if self.s.in_flight.contains(&runner.id) {
+            if self.s.in_flight.contains(&runner.id) || self.acted_on.contains(&runner.id) {
                 continue;
             }
             let instance = self.instance_of(runner);
@@ -344,6 +378,9 @@ impl<'a> Planner<'a> {
                     }
                 },
             };
+            // Whatever the store says, a runner GitHub lists as busy is
+            // running a job; it is torn down once GitHub lets it go.
+            let reap = reap.filter(|_| !self.github_busy.contains(runner.id.as_str()));
             if let Some((reason, failure_of)) = reap {
                 self.reaped.insert(runner.id.clone());
                 self.actions.push(Action::RunnerReap {
@@ -355,6 +392,7 @@ impl<'a> Planner<'a> {
                 && runner.ready_at.is_none()
                 && self.instance_running(runner)
             {
+                self.acted_on.insert(runner.id.clone());
                 self.actions.push(Action::RunnerReady { runner: runner.id.clone() });
             }
         }
@@ -399,7 +437,8 @@ impl<'a> Planner<'a> {
             .collect();
         instances.sort_by(|a, b| a.1.runner_id.cmp(&b.1.runner_id));
         for (pool, instance) in instances {
-            if !known.contains(instance.runner_id.as_str()) {
+            let name = instance.runner_id.as_str();
+            if !known.contains(name) && !self.github_busy.contains(name) {
                 self.actions.push(Action::InstanceDestroy {
                     pool: pool.clone(),
                     runner: instance.runner_id.clone(),
@@ -540,10 +579,13 @@ impl<'a> Planner<'a> {
             let target = pool.min_hot as usize + usize::from(warm);
             let mut spare = by_pool.remove(&pool.name).unwrap_or_default();
             // Keep the youngest as hot runners; older extras may time out.
+            // One in flight counts as spare but is left to its task.
             spare.sort_by(|a, b| (b.created_at, &b.id).cmp(&(a.created_at, &a.id)));
             for extra in spare.iter().skip(target) {
                 let since = extra.launched_at.unwrap_or(extra.created_at);
                 if extra.state == RunnerState::Launched
+                    && !self.s.in_flight.contains(&extra.id)
+                    && !self.acted_on.contains(&extra.id)
                     && elapsed(since, self.s.now) > pool.idle_timeout
                 {
                     self.actions.push(Action::RunnerReap {
@@ -569,7 +611,10 @@ impl<'a> Planner<'a> {
         // Spare runners of pools no longer configured: nothing can use them.
         for (_, runners) in by_pool {
             for runner in runners {
-                if !self.pools.iter().any(|p| p.name == runner.pool) {
+                let configured = self.pools.iter().any(|p| p.name == runner.pool);
+                let untouched =
+                    !self.s.in_flight.contains(&runner.id) && !self.acted_on.contains(&runner.id);
+                if !configured && untouched {
                     self.actions.push(Action::RunnerReap {
                         runner: runner.id.clone(),
                         reason: ReapReason::Idle { timeout: Duration::ZERO },
@@ -627,5 +672,7 @@ fn secs(d: Duration) -> String {
     format!("{}s", d.as_secs_f64())
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

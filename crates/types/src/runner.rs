@@ -5,9 +5,10 @@
 //!
 //! ```text
 //!   planned ──► registered ──► launched ──► busy ──► draining ──► gone
-//!      │             │             │          ▲          │
-//!      └─────────────┴─────────────┴──────────┼──────────┘ (reap / failure)
-//!                                             └── draining (delete said 422: busy)
+//!
+//!   planned, registered, launched ──► draining   reap, or a step failed
+//!   planned, registered           ──► busy       GitHub says busy after a restart
+//!   draining                      ──► busy       the delete said 422: busy
 //! ```
 //!
 //! - `planned`: the id is persisted and nothing else has happened. The id
@@ -23,6 +24,14 @@
 //! `draining → busy` exists for one race only: the reaper re-read the runner
 //! as idle, then GitHub's delete answered 422 because a job was assigned in
 //! between. A busy runner is never torn down.
+//!
+//! `planned → busy` and `registered → busy` are what a restart leaves: hangar
+//! died after minting (or launching) but before recording it, and GitHub now
+//! names the runner as running a job (a job's `runner_name`, or a busy
+//! registration on re-read). Only an instance holding the runner's JIT
+//! config can run a job, so "busy" proves the unrecorded steps happened; the
+//! record skips ahead to what is true instead of being torn down, and is
+//! reaped like any busy runner once its job completes or its instance ends.
 
 use std::fmt;
 use std::str::FromStr;
@@ -58,8 +67,8 @@ impl RunnerState {
         use RunnerState::*;
         matches!(
             (self, next),
-            (Planned, Registered | Draining)
-                | (Registered, Launched | Draining)
+            (Planned, Registered | Busy | Draining)
+                | (Registered, Launched | Busy | Draining)
                 | (Launched, Busy | Draining)
                 | (Busy, Draining)
                 | (Draining, Busy | Gone)
@@ -174,5 +183,9 @@ mod tests {
         }
         assert!(!RunnerState::Launched.can_transition_to(RunnerState::Planned));
         assert!(!RunnerState::Busy.can_transition_to(RunnerState::Launched));
+        // GitHub naming a runner busy is proof enough, from any state before busy.
+        for state in [RunnerState::Planned, RunnerState::Registered, RunnerState::Launched] {
+            assert!(state.can_transition_to(RunnerState::Busy), "{state} → busy");
+        }
     }
 }

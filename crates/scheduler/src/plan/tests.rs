@@ -12,11 +12,11 @@ use hangar_types::{
 use super::{Action, JobView, ReapReason, Registration, Snapshot, plan};
 use crate::config::{PoolConfig, SchedulerConfig};
 
-fn t(secs: i64) -> Timestamp {
+pub(super) fn t(secs: i64) -> Timestamp {
     chrono::Utc.timestamp_opt(1_700_000_000 + secs, 0).single().expect("valid time")
 }
 
-fn pool(name: &str, labels: &[&str], max: u32) -> PoolConfig {
+pub(super) fn pool(name: &str, labels: &[&str], max: u32) -> PoolConfig {
     PoolConfig {
         name: PoolName(name.into()),
         labels: labels.iter().map(|l| (*l).to_owned()).collect(),
@@ -28,7 +28,7 @@ fn pool(name: &str, labels: &[&str], max: u32) -> PoolConfig {
     }
 }
 
-fn config() -> SchedulerConfig {
+pub(super) fn config() -> SchedulerConfig {
     SchedulerConfig {
         pickup_deadline: Duration::from_secs(120),
         max_lifetime: Duration::from_secs(3600),
@@ -52,7 +52,7 @@ fn job(id: i64, state: JobState, labels: &[&str]) -> JobView {
     }
 }
 
-fn rid(pool: &str, n: u64) -> RunnerId {
+pub(super) fn rid(pool: &str, n: u64) -> RunnerId {
     RunnerId::new(&PoolName(pool.into()), n)
 }
 
@@ -413,4 +413,119 @@ fn reap_reason_display_is_stable() {
     assert_eq!(ReapReason::OrphanInstance.to_string(), "orphan instance (not in the store)");
     assert_eq!(super::backoff(Duration::from_secs(5), 1), Duration::from_secs(5));
     assert_eq!(super::backoff(Duration::from_secs(5), 3), Duration::from_secs(20));
+}
+
+/// Hangar died after launching a runner but before recording it; GitHub
+/// then gave it a job. The record skips ahead to busy (the state machine
+/// allows `planned`/`registered → busy`) instead of being torn down.
+#[test]
+fn an_interrupted_runner_github_names_for_a_job_is_assigned() {
+    let mut w = world(10);
+    let mut running = job(1, JobState::InProgress, &["linux"]);
+    running.runner_name = Some(rid("linux", 1).to_string());
+    let mut thief = job(2, JobState::InProgress, &["linux"]);
+    thief.runner_name = Some(rid("linux", 2).to_string());
+    w.jobs = vec![running, thief, job(3, JobState::Queued, &["linux"])];
+    w.runners = vec![
+        runner("linux", 1, RunnerState::Planned, Some(1)),
+        runner("linux", 2, RunnerState::Registered, Some(3)),
+    ];
+    let actions = plan(&config(), &pools(), &w);
+    let assigned = [
+        Action::RunnerAssign { runner: rid("linux", 1), job: JobId(1), stolen_from: None },
+        Action::RunnerAssign {
+            runner: rid("linux", 2),
+            job: JobId(2),
+            stolen_from: Some(JobId(3)),
+        },
+    ];
+    assert_eq!(actions[..2], assigned);
+    for state in [RunnerState::Planned, RunnerState::Registered] {
+        assert!(state.can_transition_to(RunnerState::Busy));
+    }
+    assert_eq!(reaps(&actions), vec![]);
+}
+
+/// Found by the property test: the registration list is the one place the
+/// planner sees GitHub call a runner busy without a job naming it.
+#[test]
+fn runners_and_orphans_github_lists_as_busy_are_not_torn_down() {
+    let mut w = world(10);
+    w.runners = vec![
+        runner("linux", 1, RunnerState::Planned, None),
+        runner("linux", 2, RunnerState::Launched, None),
+        runner("linux", 3, RunnerState::Draining, None),
+    ];
+    w.instances.insert(
+        PoolName("linux".into()),
+        vec![
+            instance("linux", 2, InstanceState::Exited { code: Some(0) }),
+            instance("linux", 9, InstanceState::Running),
+        ],
+    );
+    w.registrations = Some(
+        [1u64, 2, 3, 9]
+            .map(|n| Registration {
+                github_id: n.cast_signed(),
+                name: rid("linux", n).to_string(),
+                busy: true,
+            })
+            .to_vec(),
+    );
+    assert_eq!(plan(&config(), &pools(), &w), vec![]);
+    // Not listed this time: the executor's re-read before any delete decides.
+    w.registrations = None;
+    assert_eq!(reaps(&plan(&config(), &pools(), &w)).len(), 3);
+}
+
+/// Found by the property test: the executor writes every action from the
+/// snapshot's record, so a second action on one runner in the same plan
+/// would be refused as a stale write.
+#[test]
+fn a_runner_gets_at_most_one_action_per_plan() {
+    let mut w = world(10);
+    // Named by two jobs: assigned once. Not ready yet: assigned now, ready next time.
+    let mut first = job(1, JobState::InProgress, &["linux"]);
+    first.runner_name = Some(rid("linux", 1).to_string());
+    let mut second = job(2, JobState::InProgress, &["linux"]);
+    second.runner_name = first.runner_name.clone();
+    w.jobs = vec![first, second];
+    let mut fresh = runner("linux", 1, RunnerState::Launched, None);
+    fresh.ready_at = None;
+    // An idle extra that just came up: marked ready now, reaped next time.
+    let mut idle = runner("linux", 2, RunnerState::Launched, None);
+    idle.ready_at = None;
+    w.runners = vec![fresh, idle];
+    w.instances.insert(
+        PoolName("linux".into()),
+        vec![
+            instance("linux", 1, InstanceState::Running),
+            instance("linux", 2, InstanceState::Running),
+        ],
+    );
+    w.now = t(100);
+    assert_eq!(
+        plan(&config(), &pools(), &w),
+        vec![
+            Action::RunnerAssign { runner: rid("linux", 1), job: JobId(1), stolen_from: None },
+            Action::RunnerReady { runner: rid("linux", 2) },
+        ]
+    );
+}
+
+/// Found by the property test: a spare runner whose task is running is
+/// counted, but neither timed out nor reaped for a removed pool.
+#[test]
+fn spare_runners_in_flight_are_left_to_their_task() {
+    let mut w = world(1000);
+    w.runners = vec![
+        runner("linux", 1, RunnerState::Launched, None),
+        runner("retired", 2, RunnerState::Launched, None),
+    ];
+    w.instances
+        .insert(PoolName("linux".into()), vec![instance("linux", 1, InstanceState::Running)]);
+    w.in_flight = HashSet::from([rid("linux", 1), rid("retired", 2)]);
+    assert_eq!(plan(&config(), &pools(), &w), vec![]);
+    w.in_flight.clear();
+    assert_eq!(reaps(&plan(&config(), &pools(), &w)).len(), 2);
 }
