@@ -11,13 +11,14 @@
 //!    could plan the same job again.
 //! 2. [`step_mint`]: `generate-jitconfig` named after the id. A 409 means an
 //!    earlier attempt registered the name; nothing runs with it yet (launch
-//!    is the next step), so it is deleted and minted again.
+//!    is the next step), so it is deleted and minted again, once.
 //! 3. `planned → registered` ([`step_record_registered`]).
 //! 4. [`step_launch`]: `Provider::launch`, idempotent by runner id.
 //! 5. `registered → launched` ([`step_record_launched`]).
 //!
-//! A failure at any step tears the runner down ([`runner_teardown`]) and
-//! charges the job one failed launch; the planner retries with backoff.
+//! Steps do not retry: a failure at any step ([`StepError`]) tears the
+//! runner down ([`runner_teardown`]) and charges the job one failed launch;
+//! the planner retries with backoff (`launch_attempts`, `launch_backoff`).
 //!
 //! # Tearing a runner down
 //! 1. A runner that never got a job is re-read on GitHub first; if GitHub
@@ -33,7 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hangar_github::{GitHubError, JitConfig, JitConfigRequest, RunnerDeletion};
 use hangar_provider::{Instance, InstanceState, RunnerSpec};
@@ -42,6 +43,9 @@ use hangar_types::{JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timesta
 
 use crate::plan::{Action, JobView, Snapshot};
 use crate::reconciler::{Lifecycle, chain, lock};
+
+mod error;
+pub use error::{Step, StepError};
 
 /// Removes a name from `in_flight` when its task ends, and asks for an
 /// activation so the result is acted on promptly.
@@ -215,7 +219,8 @@ async fn runner_create_finish(
         Ok(()) => return,
         Err(failure) => failure,
     };
-    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, error = %failure, "Runner launch failed; tearing it down.");
+    let (step, retryable, failure) = (failure.step(), failure.is_retryable(), chain(&failure));
+    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, step = %step, retryable, error = %failure, "Runner launch failed; tearing it down.");
     metrics::counter!("hangar_runner_launch_failures_total", "pool" => runner.pool.0.clone())
         .increment(1);
     event(lc, &runner.id, "launch_failed", &failure).await;
@@ -231,7 +236,7 @@ async fn runner_create_steps(
     lc: &Arc<Lifecycle>,
     runner: &mut RunnerRecord,
     queued_at: Option<Timestamp>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     let started = Instant::now();
     let jit = step_mint(lc, runner).await?;
     metrics::histogram!("hangar_runner_jit_mint_seconds").record(started.elapsed().as_secs_f64());
@@ -247,34 +252,26 @@ async fn runner_create_steps(
 
 /// Mints the JIT config for `runner` (named after its id). See the module
 /// docs for why resolving a 409 by delete-and-mint-again is safe here.
-pub async fn step_mint(lc: &Lifecycle, runner: &RunnerRecord) -> Result<JitConfig, String> {
-    let pool =
-        lc.pool(&runner.pool).ok_or_else(|| format!("pool {} is not configured", runner.pool))?;
+/// Anything else fails the step; the planner's backoff is the retry.
+pub async fn step_mint(lc: &Lifecycle, runner: &RunnerRecord) -> Result<JitConfig, StepError> {
+    let step = Step::Mint;
+    let pool = lc.pool(&runner.pool).ok_or_else(|| pool_missing(step, runner))?;
     let request = JitConfigRequest {
         name: runner.id.to_string(),
         runner_group_id: lc.config.runner_group_id,
         labels: pool.runner_labels(),
         work_folder: None,
     };
-    let mut last_error = String::new();
-    for attempt in 0..5u32 {
-        match lc.github.jit_config_create(&lc.scope, &request).await {
-            Ok(jit) => return Ok(jit),
-            Err(GitHubError::Conflict { .. }) => {
-                match registration_remove(lc, runner.id.as_str(), None).await {
-                    Ok(RunnerDeletion::Busy) => {
-                        return Err("an earlier registration with this name is busy".into());
-                    }
-                    Ok(_) => {}
-                    Err(e) => last_error = chain(&e),
-                }
-            }
-            Err(e) if e.is_retryable() => last_error = chain(&e),
-            Err(e) => return Err(format!("minting the JIT config: {}", chain(&e))),
-        }
-        tokio::time::sleep(Duration::from_millis(50) * 2u32.pow(attempt)).await;
+    match lc.github.jit_config_create(&lc.scope, &request).await {
+        Err(GitHubError::Conflict { .. }) => {}
+        minted => return minted.map_err(StepError::github(step)),
     }
-    Err(format!("minting the JIT config: {last_error}"))
+    match registration_remove(lc, runner.id.as_str(), None).await {
+        Ok(RunnerDeletion::Busy) => return Err(StepError::NameBusy { step }),
+        Ok(RunnerDeletion::Deleted | RunnerDeletion::Gone) => {}
+        Err(source) => return Err(StepError::GitHub { step, source }),
+    }
+    lc.github.jit_config_create(&lc.scope, &request).await.map_err(StepError::github(step))
 }
 
 /// `planned → registered`, recording GitHub's id of the registration.
@@ -282,7 +279,8 @@ pub async fn step_record_registered(
     lc: &Lifecycle,
     runner: &mut RunnerRecord,
     jit: &JitConfig,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
+    let step = Step::RecordRegistered;
     let now = chrono::Utc::now();
     let github_id = jit.github_runner_id;
     let applied = transition(lc, runner, None, |r| {
@@ -291,9 +289,9 @@ pub async fn step_record_registered(
         r.jit_minted_at.get_or_insert(now);
     })
     .await
-    .map_err(|e| chain(&e))?;
+    .map_err(StepError::store(step))?;
     if !applied && runner.state != RunnerState::Registered {
-        return Err(format!("runner moved to {} meanwhile", runner.state));
+        return Err(StepError::Moved { step, state: runner.state });
     }
     Ok(())
 }
@@ -304,11 +302,12 @@ pub async fn step_launch(
     lc: &Lifecycle,
     runner: &RunnerRecord,
     jit: &JitConfig,
-) -> Result<Instance, String> {
-    let pool =
-        lc.pool(&runner.pool).ok_or_else(|| format!("pool {} is not configured", runner.pool))?;
-    let provider =
-        lc.provider(&runner.pool).ok_or_else(|| format!("pool {} has no provider", runner.pool))?;
+) -> Result<Instance, StepError> {
+    let step = Step::Launch;
+    let pool = lc.pool(&runner.pool).ok_or_else(|| pool_missing(step, runner))?;
+    let provider = lc
+        .provider(&runner.pool)
+        .ok_or_else(|| StepError::ProviderMissing { step, pool: runner.pool.clone() })?;
     let spec = RunnerSpec {
         runner_id: runner.id.clone(),
         pool: runner.pool.clone(),
@@ -316,10 +315,10 @@ pub async fn step_launch(
         jit_config: jit.encoded.clone(),
         env: Vec::new(),
     };
-    match tokio::time::timeout(lc.config.provider_timeout, provider.launch(&spec)).await {
-        Ok(Ok(instance)) => Ok(instance),
-        Ok(Err(e)) => Err(chain(&e)),
-        Err(_) => Err(format!("provider launch timed out after {:?}", lc.config.provider_timeout)),
+    let after = lc.config.provider_timeout;
+    match tokio::time::timeout(after, provider.launch(&spec)).await {
+        Ok(launched) => launched.map_err(StepError::provider(step)),
+        Err(_) => Err(StepError::Timeout { step, after }),
     }
 }
 
@@ -328,7 +327,8 @@ pub async fn step_record_launched(
     lc: &Lifecycle,
     runner: &mut RunnerRecord,
     instance: &Instance,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
+    let step = Step::RecordLaunched;
     let now = chrono::Utc::now();
     let running = instance.state == InstanceState::Running;
     let applied = transition(lc, runner, Some(("launched", &instance.detail)), |r| {
@@ -339,9 +339,9 @@ pub async fn step_record_launched(
         }
     })
     .await
-    .map_err(|e| chain(&e))?;
+    .map_err(StepError::store(step))?;
     if !applied && runner.state != RunnerState::Launched {
-        return Err(format!("runner moved to {} meanwhile", runner.state));
+        return Err(StepError::Moved { step, state: runner.state });
     }
     Ok(())
 }
@@ -396,7 +396,7 @@ pub async fn runner_teardown(
 ) {
     let id = runner.id.clone();
     if let Err(error) = runner_teardown_steps(lc, runner, reason, failure_of).await {
-        tracing::warn!(runner_id = %id, error = %error, "Runner teardown incomplete; the next activation resumes it.");
+        tracing::warn!(runner_id = %id, error = %chain(&error), "Runner teardown incomplete; the next activation resumes it.");
     }
 }
 
@@ -405,7 +405,7 @@ async fn runner_teardown_steps(
     mut runner: RunnerRecord,
     reason: &str,
     failure_of: Option<JobId>,
-) -> Result<(), String> {
+) -> Result<(), StepError> {
     if runner.state == RunnerState::Gone {
         return Ok(());
     }
@@ -418,21 +418,22 @@ async fn runner_teardown_steps(
         {
             return keep_busy(lc, &mut runner, "GitHub says it is busy").await;
         }
+        let step = Step::RecordDraining;
         let applied = transition(lc, &mut runner, Some(("draining", reason)), |r| {
             r.state = RunnerState::Draining;
             r.reason = Some(reason.to_owned());
         })
         .await
-        .map_err(|e| chain(&e))?;
+        .map_err(StepError::store(step))?;
         if !applied {
-            return Err(format!("runner moved to {} meanwhile", runner.state));
+            return Err(StepError::Moved { step, state: runner.state });
         }
         tracing::info!(runner_id = %runner.id, pool = %runner.pool, reason = %reason, "Runner draining.");
         if let Some(job) = failure_of {
             lc.store
                 .job_launch_failure_record(job, reason, chrono::Utc::now())
                 .await
-                .map_err(|e| chain(&e))?;
+                .map_err(StepError::store(Step::ChargeFailure))?;
         }
     }
     match registration_remove(lc, runner.id.as_str(), runner.github_id).await {
@@ -440,13 +441,13 @@ async fn runner_teardown_steps(
             return keep_busy(lc, &mut runner, "delete refused (422): a job was assigned").await;
         }
         Ok(RunnerDeletion::Deleted | RunnerDeletion::Gone) => {}
-        Err(e) => return Err(format!("deleting the registration: {}", chain(&e))),
+        Err(source) => return Err(StepError::GitHub { step: Step::DeleteRegistration, source }),
     }
     if let Some(provider) = lc.provider(&runner.pool) {
-        match tokio::time::timeout(lc.config.provider_timeout, provider.destroy(&runner.id)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => return Err(format!("destroying the instance: {}", chain(&e))),
-            Err(_) => return Err("destroying the instance timed out".into()),
+        let (step, after) = (Step::Destroy, lc.config.provider_timeout);
+        match tokio::time::timeout(after, provider.destroy(&runner.id)).await {
+            Ok(destroyed) => destroyed.map_err(StepError::provider(step))?,
+            Err(_) => return Err(StepError::Timeout { step, after }),
         }
     }
     let now = chrono::Utc::now();
@@ -455,7 +456,7 @@ async fn runner_teardown_steps(
         r.gone_at.get_or_insert(now);
     })
     .await
-    .map_err(|e| chain(&e))?;
+    .map_err(StepError::store(Step::RecordGone))?;
     metrics::histogram!("hangar_runner_lifetime_seconds")
         .record((now - runner.created_at).to_std().unwrap_or_default().as_secs_f64());
     if runner.job.is_some() {
@@ -464,7 +465,7 @@ async fn runner_teardown_steps(
     Ok(())
 }
 
-async fn keep_busy(lc: &Lifecycle, runner: &mut RunnerRecord, why: &str) -> Result<(), String> {
+async fn keep_busy(lc: &Lifecycle, runner: &mut RunnerRecord, why: &str) -> Result<(), StepError> {
     let now = chrono::Utc::now();
     if runner.state != RunnerState::Busy {
         transition(lc, runner, Some(("kept_busy", why)), |r| {
@@ -472,7 +473,7 @@ async fn keep_busy(lc: &Lifecycle, runner: &mut RunnerRecord, why: &str) -> Resu
             r.busy_at.get_or_insert(now);
         })
         .await
-        .map_err(|e| chain(&e))?;
+        .map_err(StepError::store(Step::KeepBusy))?;
     } else {
         event(lc, &runner.id, "kept_busy", why).await;
     }
@@ -483,12 +484,16 @@ async fn keep_busy(lc: &Lifecycle, runner: &mut RunnerRecord, why: &str) -> Resu
 async fn registration_find(
     lc: &Lifecycle,
     runner: &RunnerRecord,
-) -> Result<Option<hangar_github::GitHubRunner>, String> {
+) -> Result<Option<hangar_github::GitHubRunner>, StepError> {
     let found = match runner.github_id {
         Some(id) => lc.github.runner_get(&lc.scope, id).await,
         None => lc.github.runner_find_by_name(&lc.scope, runner.id.as_str()).await,
     };
-    found.map_err(|e| format!("re-reading the registration: {}", chain(&e)))
+    found.map_err(StepError::github(Step::Reread))
+}
+
+fn pool_missing(step: Step, runner: &RunnerRecord) -> StepError {
+    StepError::PoolMissing { step, pool: runner.pool.clone() }
 }
 
 /// Deletes the registration named `name` (by `github_id` when known).

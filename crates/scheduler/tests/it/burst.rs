@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use hangar_scheduler::SchedulerConfig;
 use hangar_simulator::{Faults, JobSpec, SimConfig};
 use hangar_types::JobId;
 
@@ -29,6 +30,7 @@ fn queue(world: &World, n: usize) -> Vec<i64> {
 /// simulator with `faults` and `app` auth if given, queues `n` jobs on two
 /// pools and waits until every one has completed.
 async fn complete_under(
+    config: SchedulerConfig,
     faults: Faults,
     app: Option<hangar_simulator::AppKeyPair>,
     n: usize,
@@ -36,7 +38,7 @@ async fn complete_under(
 ) -> World {
     let mut world = World::start_with(
         SimConfig { faults, ..SimConfig::default() },
-        config(),
+        config,
         two_pools(),
         Runners::Process,
         true,
@@ -53,7 +55,8 @@ async fn complete_under(
 /// finds nothing to do when no webhook is lost).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_hundred_jobs_across_two_pools_complete_and_nothing_is_left() {
-    let world = complete_under(Faults::default(), None, 200, Duration::from_secs(240)).await;
+    let world =
+        complete_under(config(), Faults::default(), None, 200, Duration::from_secs(240)).await;
     world.wait_nothing_left(Duration::from_secs(90)).await;
     let counters = world.sim.counters();
     assert_eq!(counters.jobs_completed, 200);
@@ -76,7 +79,7 @@ async fn with_thirty_percent_of_webhooks_lost_every_job_completes() {
         webhook_duplicate: 0.1,
         ..Faults::default()
     };
-    let world = complete_under(faults, None, 60, Duration::from_secs(180)).await;
+    let world = complete_under(config(), faults, None, 60, Duration::from_secs(180)).await;
     world.wait_nothing_left(Duration::from_secs(90)).await;
 }
 
@@ -91,7 +94,11 @@ async fn api_failures_timeouts_and_rate_limits_do_not_lose_jobs_or_leak() {
         api_lost_response: 0.05,
         ..Faults::default()
     };
-    let world = complete_under(faults, None, 40, Duration::from_secs(180)).await;
+    // About one call in five fails, mints included, and a launch does not
+    // retry its mint: the planner's attempts are the retries. With three, a
+    // job would give up (three failed launches in a row) in one run of four.
+    let config = SchedulerConfig { launch_attempts: 8, ..config() };
+    let world = complete_under(config, faults, None, 40, Duration::from_secs(180)).await;
     world.sim.faults_set(Faults::default());
     world.wait_nothing_left(Duration::from_secs(90)).await;
 }
@@ -164,7 +171,7 @@ async fn a_stolen_runner_is_recorded_and_its_job_still_gets_one() {
 async fn with_app_auth_failed_deliveries_are_redelivered() {
     let faults = Faults { webhook_drop: 0.5, ..Faults::default() };
     let app = Some(hangar_simulator::app_key_generate());
-    let world = complete_under(faults, app, 12, Duration::from_secs(120)).await;
+    let world = complete_under(config(), faults, app, 12, Duration::from_secs(120)).await;
     world.wait_nothing_left(Duration::from_secs(90)).await;
     let counters = world.sim.counters();
     assert!(counters.redeliveries > 0, "{counters:?}");
