@@ -233,7 +233,7 @@ mod defaults {
         Duration::from_secs(6 * 3600)
     }
     pub(super) fn launch_attempts() -> u32 {
-        3
+        5
     }
     pub(super) fn launch_backoff() -> Duration {
         Duration::from_secs(5)
