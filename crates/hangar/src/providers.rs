@@ -12,6 +12,7 @@
 //! loud warning.
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -19,7 +20,7 @@ use hangar_provider::{Provider, Unavailable};
 use hangar_provider_microvm::accel::{Accel, AccelProbe};
 use hangar_provider_microvm::{MicrovmProvider, MicrovmSettings, NetworkConfig, VmPaths};
 use hangar_provider_process::{ProcessConfig, ProcessProvider};
-use hangar_types::PoolName;
+use hangar_types::{ErrorChain, PoolName};
 
 use crate::config::{AutoSettings, PoolSection, ProviderConfig};
 
@@ -162,16 +163,12 @@ pub(crate) fn auto_choose(facts: &HostFacts) -> AutoChoice {
 /// Gathers [`HostFacts`] for an `auto` pool's microVM settings.
 fn host_facts(settings: &MicrovmSettings) -> HostFacts {
     let qemu_path = settings.qemu.clone();
-    let run = |args: &[&str]| std::process::Command::new(&qemu_path).args(args).output();
+    let run = |args: &[&str]| hangar_exec::output(Command::new(&qemu_path).args(args));
     let qemu = match run(&["--version"]) {
-        Ok(out) if out.status.success() => {
+        Ok(out) => {
             Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("qemu").to_owned())
         }
-        Ok(out) => Err(format!("`{} --version` failed ({})", qemu_path.display(), out.status)),
-        Err(e) => Err(format!(
-            "QEMU ({}) cannot run: {e}; install the Debian package qemu-system-x86",
-            qemu_path.display()
-        )),
+        Err(e) => Err(format!("QEMU cannot run: {}", ErrorChain(&e))),
     };
     let qemu_accels = run(&["-accel", "help"])
         .map(|out| {
