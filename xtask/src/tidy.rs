@@ -123,5 +123,127 @@ fn check_source(root: &Path, file: &Path, problems: &mut Vec<String>) -> Result<
             ));
         }
     }
+    // This file spells the patterns it looks for.
+    if is_test_file(&shown) || shown.ends_with("tidy.rs") {
+        return Ok(());
+    }
+    for (number, line) in non_test_lines(&text) {
+        if let Some(field) = bare_error_field(line) {
+            problems.push(format!(
+                "{shown}:{number}: `{field}` logs only the outer message: log \
+                 `error = %ErrorChain(&e)` (text that already holds a chain: `error = text.as_str()`)"
+            ));
+        }
+    }
     Ok(())
+}
+
+/// Integration tests, benches and `tests.rs` halves: not held to the
+/// production logging rules.
+fn is_test_file(shown: &str) -> bool {
+    let shown = shown.replace('\\', "/");
+    shown.ends_with("/tests.rs") || shown.contains("/tests/") || shown.contains("/benches/")
+}
+
+/// The lines of `text` outside `#[cfg(test)] mod … { … }` blocks, numbered
+/// from 1. Brace counting is enough: the workspace is rustfmt-formatted.
+fn non_test_lines(text: &str) -> Vec<(usize, &str)> {
+    let mut kept = Vec::new();
+    let mut cfg_test = false;
+    let mut depth: Option<usize> = None;
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(d) = depth.as_mut() {
+            *d = (*d + line.matches('{').count()).saturating_sub(line.matches('}').count());
+            if *d == 0 {
+                depth = None;
+            }
+            continue;
+        }
+        if trimmed == "#[cfg(test)]" {
+            cfg_test = true;
+            continue;
+        }
+        if cfg_test && trimmed.starts_with("mod ") && trimmed.ends_with('{') {
+            cfg_test = false;
+            depth = Some(1);
+            continue;
+        }
+        cfg_test = cfg_test && trimmed.starts_with("#[");
+        kept.push((index + 1, line));
+    }
+    kept
+}
+
+/// The tracing fields that hold an error.
+const ERROR_FIELDS: &[&str] = &["error", "err"];
+
+/// The first `error = %expr`, `error = ?expr`, `%error` or `?error` field on
+/// `line` whose value is not an `ErrorChain`, if any.
+fn bare_error_field(line: &str) -> Option<String> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_' || c == '.';
+    for field in ERROR_FIELDS {
+        for sigil in ['%', '?'] {
+            let assigned = format!("{field} = {sigil}");
+            for (at, _) in line.match_indices(&assigned) {
+                let is_field = !line[..at].ends_with(ident);
+                let value = &line[at + assigned.len()..];
+                if is_field && !value.starts_with("ErrorChain(") {
+                    let end = value.find([',', ')']).unwrap_or(value.len());
+                    return Some(format!("{assigned}{}", &value[..end]));
+                }
+            }
+            let shorthand = format!("{sigil}{field}");
+            for (at, _) in line.match_indices(&shorthand) {
+                let before = line[..at].chars().next_back();
+                let after = line[at + shorthand.len()..].chars().next();
+                if matches!(before, Some('(' | ' ')) && matches!(after, Some(',' | ')')) {
+                    return Some(shorthand);
+                }
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_fields_must_carry_the_whole_chain() {
+        let bare = [
+            (r#"tracing::warn!(error = %e, "failed");"#, "error = %e"),
+            (r#"tracing::error!(error = ?self.1, "failed");"#, "error = ?self.1"),
+            (r#"warn!(vm = %id, err = %err, "x")"#, "err = %err"),
+            (r#"tracing::warn!(%error, "stopped");"#, "%error"),
+            (r#"tracing::debug!(?err, attempt)"#, "?err"),
+            ("    error = %source,", "error = %source"),
+        ];
+        for (line, field) in bare {
+            assert_eq!(bare_error_field(line).as_deref(), Some(field), "{line}");
+        }
+        let fine = [
+            r#"tracing::warn!(error = %ErrorChain(&e), "failed");"#,
+            "    error = %ErrorChain(&error),",
+            r#"tracing::warn!(error = error.as_str(), "x")"#,
+            r#"tracing::info!(%error_count, ?errors, "x")"#,
+            r#"tracing::info!(io_error = %e, "x")"#,
+            "let error = parse(text).unwrap_err();",
+        ];
+        for line in fine {
+            assert_eq!(bare_error_field(line), None, "{line}");
+        }
+    }
+
+    #[test]
+    fn test_modules_are_skipped_and_lines_keep_their_numbers() {
+        let text = "fn a() {}\n#[cfg(test)]\nmod tests {\n    fn b() {\n    }\n}\nfn c() {}\n";
+        assert_eq!(non_test_lines(text), vec![(1, "fn a() {}"), (7, "fn c() {}")]);
+        let gated_item = "#[cfg(test)]\nfn helper() {}\nfn d() {}\n";
+        assert_eq!(non_test_lines(gated_item).len(), 2, "only modules are skipped");
+        assert!(is_test_file("crates/x/tests/it/main.rs"));
+        assert!(is_test_file("crates/x/src/plan/tests.rs"));
+        assert!(!is_test_file("crates/x/src/tests_support.rs"));
+    }
 }

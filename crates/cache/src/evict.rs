@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use hangar_types::ErrorChain;
+
 use crate::index::{CacheEntry, CacheEntryState};
 use crate::service::{CacheError, CacheService};
 
@@ -125,7 +127,7 @@ pub fn spawn_schedule(service: CacheService) -> tokio::task::JoinHandle<()> {
                 Ok(report) => {
                     tracing::info!(evicted = report.removed.len(), "cache: eviction pass done");
                 }
-                Err(e) => tracing::warn!(error = %e, "cache: eviction pass failed"),
+                Err(e) => tracing::warn!(error = %ErrorChain(&e), "cache: eviction pass failed"),
             }
         }
     })

@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use futures::TryStreamExt;
+use hangar_types::ErrorChain;
 use serde::{Deserialize, Serialize};
 
 use crate::service::{CacheError, CacheService};
@@ -125,9 +126,9 @@ impl IntoResponse for ApiError {
             e => e.to_string(),
         };
         if status.is_server_error() {
-            tracing::error!(error = ?self.1, "cache: request failed");
+            tracing::error!(error = %ErrorChain(&self.1), "cache: request failed");
         } else {
-            tracing::info!(status = status.as_u16(), error = %msg, "cache: request refused");
+            tracing::info!(status = status.as_u16(), error = %ErrorChain(&self.1), "cache: request refused");
         }
         match self.0 {
             Proto::Twirp => (status, axum::Json(serde_json::json!({ "code": code, "msg": msg })))
@@ -515,7 +516,7 @@ async fn download(
         return ApiError(Proto::Blob, e).into_response();
     }
     let body = dl.body.map_err(|e| {
-        tracing::warn!(error = %e, "cache: download stream failed");
+        tracing::warn!(error = %ErrorChain(&e), "cache: download stream failed");
         std::io::Error::other(e)
     });
     builder.body(Body::from_stream(body)).expect("valid response")

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use hangar_blobstore::{BlobError, BlobStore, ByteStream, Part};
+use hangar_types::ErrorChain;
 
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -485,7 +486,7 @@ impl CacheService {
         let repo = entry.repository_id;
         tokio::spawn(async move {
             if let Err(e) = crate::evict::evict_repo_over_cap(&this, repo, false).await {
-                tracing::warn!(repository_id = repo, error = %e, "cache: size-cap eviction failed");
+                tracing::warn!(repository_id = repo, error = %ErrorChain(&e), "cache: size-cap eviction failed");
             }
         });
         self.index.entry_get(entry.id).await?.ok_or(CacheError::NotFound)

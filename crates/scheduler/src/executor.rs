@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use hangar_github::{GitHubError, JitConfig, JitConfigRequest, RunnerDeletion};
 use hangar_provider::{Instance, InstanceState, RunnerSpec};
 use hangar_store::StoreError;
-use hangar_types::{JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp};
+use hangar_types::{ErrorChain, JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp};
 
 use crate::plan::{Action, JobView, Snapshot};
 use crate::reconciler::{Lifecycle, chain, lock};
@@ -201,7 +201,7 @@ async fn runner_create_finish(
         Ok(()) => return,
         Err(failure) => failure,
     };
-    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, error = %failure, "Runner launch failed; tearing it down.");
+    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, error = failure.as_str(), "Runner launch failed; tearing it down.");
     metrics::counter!("hangar_runner_launch_failures_total", "pool" => runner.pool.0.clone())
         .increment(1);
     event(lc, &runner.id, "launch_failed", &failure).await;
@@ -382,7 +382,7 @@ pub async fn runner_teardown(
 ) {
     let id = runner.id.clone();
     if let Err(error) = runner_teardown_steps(lc, runner, reason, failure_of).await {
-        tracing::warn!(runner_id = %id, error = %error, "Runner teardown incomplete; the next activation resumes it.");
+        tracing::warn!(runner_id = %id, error = error.as_str(), "Runner teardown incomplete; the next activation resumes it.");
     }
 }
 
@@ -498,7 +498,7 @@ async fn orphan_instance_destroy(lc: &Lifecycle, pool: &PoolName, runner: &Runne
     tracing::info!(runner_id = %runner, pool = %pool, "Destroying an orphan instance.");
     // An orphan may still hold a registration (hangar died before recording it).
     if let Err(e) = registration_remove(lc, runner.as_str(), None).await {
-        tracing::warn!(runner_id = %runner, error = %chain(&e), "Could not remove an orphan's registration.");
+        tracing::warn!(runner_id = %runner, error = %ErrorChain(&e), "Could not remove an orphan's registration.");
         return;
     }
     match tokio::time::timeout(lc.config.provider_timeout, provider.destroy(runner)).await {
@@ -507,7 +507,7 @@ async fn orphan_instance_destroy(lc: &Lifecycle, pool: &PoolName, runner: &Runne
             event(lc, runner, "gone", "orphan instance (not in the store)").await;
         }
         Ok(Err(e)) => {
-            tracing::warn!(runner_id = %runner, error = %chain(&e), "Orphan destroy failed.");
+            tracing::warn!(runner_id = %runner, error = %ErrorChain(&e), "Orphan destroy failed.");
         }
         Err(_) => tracing::warn!(runner_id = %runner, "Orphan destroy timed out."),
     }
@@ -520,7 +520,7 @@ async fn orphan_registration_delete(lc: &Lifecycle, github_id: i64, name: &str) 
         Ok(None) => return,
         Ok(Some(_)) => {}
         Err(e) => {
-            tracing::warn!(runner_id = %name, error = %chain(&e), "Could not re-read an orphan registration.");
+            tracing::warn!(runner_id = %name, error = %ErrorChain(&e), "Could not re-read an orphan registration.");
             return;
         }
     }
@@ -531,7 +531,7 @@ async fn orphan_registration_delete(lc: &Lifecycle, github_id: i64, name: &str) 
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(runner_id = %name, error = %chain(&e), "Orphan registration delete failed.");
+            tracing::warn!(runner_id = %name, error = %ErrorChain(&e), "Orphan registration delete failed.");
         }
     }
 }
@@ -566,7 +566,7 @@ async fn transition(
 
 async fn event(lc: &Lifecycle, runner: &RunnerId, kind: &str, message: &str) {
     if let Err(e) = lc.store.runner_event_record(runner, chrono::Utc::now(), kind, message).await {
-        tracing::warn!(runner_id = %runner, error = %chain(&e), "Could not record a runner event.");
+        tracing::warn!(runner_id = %runner, error = %ErrorChain(&e), "Could not record a runner event.");
     }
 }
 

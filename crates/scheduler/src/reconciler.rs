@@ -285,7 +285,10 @@ impl Lifecycle {
 
     fn publish(&self, snapshot: Option<&Snapshot>, actions: &[Action], errors: Vec<String>) {
         for error in &errors {
-            tracing::warn!(error = %error, "Reconciler activation hit an error; the next one retries.");
+            tracing::warn!(
+                error = error.as_str(),
+                "Reconciler activation hit an error; the next one retries."
+            );
         }
         let mut planned = BTreeMap::new();
         for action in actions {

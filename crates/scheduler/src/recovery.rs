@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use hangar_github::{GitHubError, GitHubJob};
 use hangar_store::NewDelivery;
-use hangar_types::{DeliveryId, JobAction, JobEvent, JobId, JobState, Timestamp};
+use hangar_types::{DeliveryId, ErrorChain, JobAction, JobEvent, JobId, JobState, Timestamp};
 
-use crate::reconciler::{Lifecycle, chain};
+use crate::reconciler::Lifecycle;
 
 /// Jobs re-read from GitHub at once during a recovery pass.
 const REFRESH_CONCURRENCY: usize = 8;
@@ -66,7 +66,7 @@ impl Lifecycle {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %chain(&e), "Recovery pass stopped early; the next one retries.");
+                        tracing::warn!(error = %ErrorChain(&e), "Recovery pass stopped early; the next one retries.");
                     }
                 }
             }
@@ -92,7 +92,7 @@ impl Lifecycle {
                     })
                     .collect(),
                 Err(e) => {
-                    tracing::warn!(error = %chain(&e), "Recovery cannot read the store.");
+                    tracing::warn!(error = %ErrorChain(&e), "Recovery cannot read the store.");
                     return Ok(report);
                 }
             };
@@ -258,7 +258,7 @@ impl Lifecycle {
             }
             Ok(_) => false,
             Err(e) => {
-                tracing::warn!(job_id = job.fields.id.0, error = %chain(&e), "Could not record a polled job.");
+                tracing::warn!(job_id = job.fields.id.0, error = %ErrorChain(&e), "Could not record a polled job.");
                 false
             }
         }

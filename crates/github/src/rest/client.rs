@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
-use hangar_types::{JobId, Secret, Timestamp};
+use hangar_types::{ErrorChain, JobId, Secret, Timestamp};
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -443,7 +443,7 @@ impl RestClient {
                     metrics::counter!("hangar_github_requests_total", "op" => call.op, "status" => "error")
                         .increment(1);
                     if call.idempotent && attempt < self.config.max_retries {
-                        tracing::debug!(%method, path = %call.path, error = %source, attempt, "github call failed, retrying");
+                        tracing::debug!(%method, path = %call.path, error = %ErrorChain(&source), attempt, "github call failed, retrying");
                         tokio::time::sleep(self.backoff(attempt)).await;
                         attempt += 1;
                         continue;
