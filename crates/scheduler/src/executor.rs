@@ -38,7 +38,9 @@ use std::time::{Duration, Instant};
 use hangar_github::{GitHubError, JitConfig, JitConfigRequest, RunnerDeletion};
 use hangar_provider::{Instance, InstanceState, RunnerSpec};
 use hangar_store::StoreError;
-use hangar_types::{ErrorChain, JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp};
+use hangar_types::{
+    ErrorChain, GitHubRunnerId, JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp,
+};
 
 use crate::plan::{Action, JobView, Snapshot};
 use crate::reconciler::{Lifecycle, chain, lock};
@@ -481,7 +483,7 @@ async fn registration_find(
 async fn registration_remove(
     lc: &Lifecycle,
     name: &str,
-    github_id: Option<i64>,
+    github_id: Option<GitHubRunnerId>,
 ) -> Result<RunnerDeletion, GitHubError> {
     let github_id = match github_id {
         Some(id) => id,
@@ -513,7 +515,7 @@ async fn orphan_instance_destroy(lc: &Lifecycle, pool: &PoolName, runner: &Runne
     }
 }
 
-async fn orphan_registration_delete(lc: &Lifecycle, github_id: i64, name: &str) {
+async fn orphan_registration_delete(lc: &Lifecycle, github_id: GitHubRunnerId, name: &str) {
     // Re-read: a list can be a minute stale, and busy runners are never deleted.
     match lc.github.runner_get(&lc.scope, github_id).await {
         Ok(Some(registration)) if registration.busy => return,

@@ -11,7 +11,8 @@ mod labels;
 mod runner;
 
 pub use ids::{
-    DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError, Secret,
+    CacheEntryId, DeliveryId, GitHubRunnerId, InstallationId, JobId, PoolName, RepositoryId, RunId,
+    RunnerId, RunnerIdError, Secret,
 };
 pub use job::{
     Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, Report, Reports,

@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
-use hangar_types::{ErrorChain, JobId, Secret, Timestamp};
+use hangar_types::{ErrorChain, GitHubRunnerId, InstallationId, JobId, Secret, Timestamp};
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -57,7 +57,7 @@ pub enum Auth {
 pub struct AppCredentials {
     /// The JWT `iss`: the App's client id (`Iv1.…`) or numeric App id.
     pub app_id: String,
-    pub installation_id: i64,
+    pub installation_id: InstallationId,
     /// The App's private key, PEM (PKCS#1 as GitHub issues it, or PKCS#8).
     pub private_key_pem: Secret,
 }
@@ -648,7 +648,7 @@ impl RestClient {
         .await
     }
 
-    fn installation_id(&self) -> Option<i64> {
+    fn installation_id(&self) -> Option<InstallationId> {
         self.app().map(|app| app.installation_id)
     }
 }
@@ -710,7 +710,7 @@ impl GitHubApi for RestClient {
         let created: wire::JitResponse = self.decode(&call, response).await?;
         tracing::info!(runner_name = %created.runner.name, github_runner_id = created.runner.id, scope = %scope, "jit runner minted");
         Ok(JitConfig {
-            github_runner_id: created.runner.id,
+            github_runner_id: GitHubRunnerId(created.runner.id),
             name: created.runner.name,
             encoded: Secret::new(created.encoded_jit_config),
         })
@@ -733,7 +733,7 @@ impl GitHubApi for RestClient {
     async fn runner_get(
         &self,
         scope: &RunnerScope,
-        id: i64,
+        id: GitHubRunnerId,
     ) -> Result<Option<GitHubRunner>, GitHubError> {
         let call = self.call(
             "runner_get",
@@ -753,7 +753,7 @@ impl GitHubApi for RestClient {
     async fn runner_delete(
         &self,
         scope: &RunnerScope,
-        id: i64,
+        id: GitHubRunnerId,
     ) -> Result<RunnerDeletion, GitHubError> {
         let call = self.call(
             "runner_delete",
