@@ -24,9 +24,14 @@ pub(crate) fn run(root: &Path) -> Result<()> {
     for manifest in manifests(root)? {
         check_manifest(root, &manifest, &mut problems)?;
     }
+    let mut declared = Vec::new();
     for file in rust_files(root)? {
         check_source(root, &file, &mut problems)?;
+        if file.file_name().is_some_and(|n| n == "metrics.rs") {
+            declared.extend(metric_names(&std::fs::read_to_string(&file)?));
+        }
     }
+    check_metrics_doc(root, &declared, &mut problems)?;
     if !problems.is_empty() {
         for problem in &problems {
             eprintln!("tidy: {problem}");
@@ -127,7 +132,18 @@ fn check_source(root: &Path, file: &Path, problems: &mut Vec<String>) -> Result<
     if is_test_file(&shown) || shown.ends_with("tidy.rs") {
         return Ok(());
     }
-    for (number, line) in non_test_lines(&text) {
+    let lines = non_test_lines(&text);
+    let is_metrics_list = file.file_name().is_some_and(|n| n == "metrics.rs");
+    for (index, (number, line)) in lines.iter().enumerate() {
+        let next = lines.get(index + 1).map_or("", |(_, l)| *l);
+        if !is_metrics_list && let Some(call) = literal_metric_name(line, next) {
+            problems.push(format!(
+                "{shown}:{number}: `{call}` names a metric with a literal: declare it in the \
+                 crate's `metrics.rs` and use the constant"
+            ));
+        }
+    }
+    for (number, line) in lines {
         if let Some(field) = bare_error_field(line) {
             problems.push(format!(
                 "{shown}:{number}: `{field}` logs only the outer message: log \
@@ -173,6 +189,54 @@ fn non_test_lines(text: &str) -> Vec<(usize, &str)> {
         kept.push((index + 1, line));
     }
     kept
+}
+
+/// The macros that record a metric.
+const METRIC_MACROS: &[&str] = &["counter!(", "gauge!(", "histogram!("];
+
+/// A `counter!("…")`-style call on `line` (its name possibly on `next`,
+/// as rustfmt breaks long calls) whose name is a string literal.
+fn literal_metric_name(line: &str, next: &str) -> Option<String> {
+    for mac in METRIC_MACROS {
+        for (at, _) in line.match_indices(mac) {
+            let rest = line[at + mac.len()..].trim_start();
+            let rest = if rest.is_empty() { next.trim_start() } else { rest };
+            if rest.starts_with('"') {
+                return Some(format!("{mac}{}", rest.split(['"']).nth(1).map_or("", |n| n)));
+            }
+        }
+    }
+    None
+}
+
+/// The metric names a `metrics.rs` declares: `pub const X: &str = "hangar_…";`.
+fn metric_names(text: &str) -> Vec<String> {
+    text.lines()
+        .filter_map(|line| line.trim().strip_prefix("pub const ")?.split_once(": &str = \""))
+        .filter_map(|(_, rest)| rest.strip_suffix("\";"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// `docs/metrics.md` lists every declared metric, and nothing else.
+fn check_metrics_doc(root: &Path, declared: &[String], problems: &mut Vec<String>) -> Result<()> {
+    let doc = std::fs::read_to_string(root.join("docs/metrics.md")).unwrap_or_default();
+    for name in declared {
+        if !doc.contains(&format!("| `{name}` |")) {
+            problems.push(format!(
+                "docs/metrics.md: `{name}` is missing: run \
+                 `HANGAR_BLESS=1 cargo test -p hangar --bin hangar metrics` (and list the crate \
+                 in crates/hangar/src/metrics.rs)"
+            ));
+        }
+    }
+    for line in doc.lines().filter(|l| l.starts_with("| `hangar_")) {
+        let name = line.split('`').nth(1).unwrap_or("");
+        if !declared.iter().any(|d| d == name) {
+            problems.push(format!("docs/metrics.md: `{name}` is not declared in any metrics.rs"));
+        }
+    }
+    Ok(())
 }
 
 /// The tracing fields that hold an error.
@@ -234,6 +298,30 @@ mod tests {
         for line in fine {
             assert_eq!(bare_error_field(line), None, "{line}");
         }
+    }
+
+    #[test]
+    fn metric_names_come_from_constants() {
+        let literal = [
+            (r#"metrics::counter!("hangar_x_total").increment(1);"#, ""),
+            (r#"metrics::gauge!("hangar_jobs", "state" => s).set(1.0);"#, ""),
+            ("    metrics::counter!(", r#"        "hangar_webhook_deliveries_total","#),
+            (r#"histogram!( "hangar_y_seconds")"#, ""),
+        ];
+        for (line, next) in literal {
+            assert!(literal_metric_name(line, next).is_some(), "{line}");
+        }
+        let constant = [
+            ("metrics::counter!(crate::metrics::REDELIVERIES).increment(1);", ""),
+            ("    metrics::counter!(", "        WEBHOOK_DELIVERIES,"),
+        ];
+        for (line, next) in constant {
+            assert_eq!(literal_metric_name(line, next), None, "{line}");
+        }
+        let declared = metric_names(
+            "pub const JOBS: &str = \"hangar_jobs\";\nconst PRIVATE: &str = \"x\";\npub const ALL: &[Metric] = &[];\n",
+        );
+        assert_eq!(declared, ["hangar_jobs"]);
     }
 
     #[test]

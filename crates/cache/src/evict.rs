@@ -88,7 +88,7 @@ async fn apply(
     if !dry_run {
         for (entry, reason) in &plan {
             service.entry_remove(entry).await?;
-            metrics::counter!("hangar_cache_evictions_total", "reason" => reason.as_str())
+            metrics::counter!(crate::metrics::CACHE_EVICTIONS, "reason" => reason.as_str())
                 .increment(1);
             tracing::info!(repository_id = entry.repository_id.0, entry_id = entry.id.0, key = %entry.key, reason = reason.as_str(), "cache: evicted");
         }

@@ -196,11 +196,11 @@ impl CacheService {
         match &found {
             Some(e) => {
                 self.index.entry_touch(e.id, self.now(), true, 0).await?;
-                metrics::counter!("hangar_cache_lookups_total", "result" => "hit").increment(1);
+                metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => "hit").increment(1);
                 tracing::info!(repository_id = who.repository_id.0, entry_id = e.id.0, key = %e.key, scope = %e.scope, "cache: hit");
             }
             None => {
-                metrics::counter!("hangar_cache_lookups_total", "result" => "miss").increment(1);
+                metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => "miss").increment(1);
                 tracing::info!(repository_id = who.repository_id.0, key = %keys[0], "cache: miss");
             }
         }
@@ -326,7 +326,7 @@ impl CacheService {
     {
         let key = format!("{}/{name}", entry.blob_prefix);
         let n = self.blobs.put_stream(&key, body, limit).await?;
-        metrics::counter!("hangar_cache_bytes_in_total").increment(n);
+        metrics::counter!(crate::metrics::CACHE_BYTES_IN).increment(n);
         Ok(n)
     }
 
@@ -545,7 +545,7 @@ impl CacheService {
 
     /// Records bytes served.
     pub async fn served(&self, entry: &CacheEntry, bytes: u64) -> Result<(), CacheError> {
-        metrics::counter!("hangar_cache_bytes_out_total").increment(bytes);
+        metrics::counter!(crate::metrics::CACHE_BYTES_OUT).increment(bytes);
         self.index.entry_touch(entry.id, self.now(), false, bytes).await?;
         Ok(())
     }

@@ -3,6 +3,7 @@
 mod cmd;
 mod config;
 mod lifecycle;
+mod metrics;
 
 use std::path::PathBuf;
 

@@ -204,7 +204,7 @@ async fn runner_create_finish(
         Err(failure) => failure,
     };
     tracing::warn!(runner_id = %runner.id, pool = %runner.pool, error = failure.as_str(), "Runner launch failed; tearing it down.");
-    metrics::counter!("hangar_runner_launch_failures_total", "pool" => runner.pool.0.clone())
+    metrics::counter!(crate::metrics::RUNNER_LAUNCH_FAILURES, "pool" => runner.pool.0.clone())
         .increment(1);
     event(lc, &runner.id, "launch_failed", &failure).await;
     // Re-read: the record may have moved on since.
@@ -222,13 +222,15 @@ async fn runner_create_steps(
 ) -> Result<(), String> {
     let started = Instant::now();
     let jit = step_mint(lc, runner).await?;
-    metrics::histogram!("hangar_runner_jit_mint_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::RUNNER_JIT_MINT_SECONDS)
+        .record(started.elapsed().as_secs_f64());
     step_record_registered(lc, runner, &jit).await?;
     phase_observe("jit_minted", queued_at, chrono::Utc::now());
     phase_observe("launch_called", queued_at, chrono::Utc::now());
     let started = Instant::now();
     let instance = step_launch(lc, runner, &jit).await?;
-    metrics::histogram!("hangar_runner_launch_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::RUNNER_LAUNCH_SECONDS)
+        .record(started.elapsed().as_secs_f64());
     phase_observe("launched", queued_at, chrono::Utc::now());
     step_record_launched(lc, runner, &instance).await
 }
@@ -358,7 +360,7 @@ async fn runner_assign(
     }
     phase_observe("picked_up", queued_at, now);
     if stolen_from.is_some() {
-        metrics::counter!("hangar_runners_stolen_total").increment(1);
+        metrics::counter!(crate::metrics::RUNNERS_STOLEN).increment(1);
         tracing::info!(runner_id = %runner.id, job_id = job.0, message = %message, "Runner stolen.");
     }
     Ok(())
@@ -444,7 +446,7 @@ async fn runner_teardown_steps(
     })
     .await
     .map_err(|e| chain(&e))?;
-    metrics::histogram!("hangar_runner_lifetime_seconds")
+    metrics::histogram!(crate::metrics::RUNNER_LIFETIME_SECONDS)
         .record((now - runner.created_at).to_std().unwrap_or_default().as_secs_f64());
     if runner.job.is_some() {
         lock(&lc.last_completed).insert(runner.pool.clone(), now);
@@ -505,7 +507,7 @@ async fn orphan_instance_destroy(lc: &Lifecycle, pool: &PoolName, runner: &Runne
     }
     match tokio::time::timeout(lc.config.provider_timeout, provider.destroy(runner)).await {
         Ok(Ok(())) => {
-            metrics::counter!("hangar_orphans_reaped_total", "kind" => "instance").increment(1);
+            metrics::counter!(crate::metrics::ORPHANS_REAPED, "kind" => "instance").increment(1);
             event(lc, runner, "gone", "orphan instance (not in the store)").await;
         }
         Ok(Err(e)) => {
@@ -529,7 +531,8 @@ async fn orphan_registration_delete(lc: &Lifecycle, github_id: GitHubRunnerId, n
     match lc.github.runner_delete(&lc.scope, github_id).await {
         Ok(RunnerDeletion::Deleted) => {
             tracing::info!(runner_id = %name, "Deleted an orphan registration.");
-            metrics::counter!("hangar_orphans_reaped_total", "kind" => "registration").increment(1);
+            metrics::counter!(crate::metrics::ORPHANS_REAPED, "kind" => "registration")
+                .increment(1);
         }
         Ok(_) => {}
         Err(e) => {
@@ -576,6 +579,6 @@ async fn event(lc: &Lifecycle, runner: &RunnerId, kind: &str, message: &str) {
 fn phase_observe(phase: &'static str, queued_at: Option<Timestamp>, at: Timestamp) {
     if let Some(queued_at) = queued_at {
         let seconds = (at - queued_at).to_std().unwrap_or_default().as_secs_f64();
-        metrics::histogram!("hangar_job_phase_seconds", "phase" => phase).record(seconds);
+        metrics::histogram!(crate::metrics::JOB_PHASE_SECONDS, "phase" => phase).record(seconds);
     }
 }

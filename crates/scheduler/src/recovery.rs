@@ -219,7 +219,7 @@ impl Lifecycle {
             self.github.hook_delivery_redeliver(delivery.id).await?;
             state.redelivered.insert(delivery.id);
             report.redeliveries += 1;
-            metrics::counter!("hangar_redeliveries_total").increment(1);
+            metrics::counter!(crate::metrics::REDELIVERIES).increment(1);
         }
         if let Some(newest) = deliveries.iter().map(|d| d.delivered_at).max() {
             // Keep a margin: deliveries logged late must not be skipped.
@@ -250,7 +250,7 @@ impl Lifecycle {
         match self.store.delivery_record(delivery).await {
             Ok(hangar_store::DeliveryOutcome::Recorded { job_changed, .. }) => {
                 if job_changed {
-                    metrics::counter!("hangar_jobs_recovered_total", "state" => job.state.as_str())
+                    metrics::counter!(crate::metrics::JOBS_RECOVERED, "state" => job.state.as_str())
                         .increment(1);
                     tracing::info!(job_id = job.fields.id.0, state = %job.state, "Recovered a job state no webhook delivered.");
                 }

@@ -8,6 +8,7 @@
 mod ids;
 mod job;
 mod labels;
+mod metric;
 mod runner;
 
 pub use ids::{
@@ -19,6 +20,7 @@ pub use job::{
     RunnerAssignment, StateTimes,
 };
 pub use labels::Labels;
+pub use metric::{Metric, MetricKind, MetricUnit};
 pub use runner::{RunnerRecord, RunnerState};
 
 /// All timestamps in hangar are UTC.

@@ -338,8 +338,8 @@ impl RestClient {
         }
         #[allow(clippy::cast_precision_loss)]
         if let (Some(limit), Some(remaining)) = (budget.limit, budget.remaining) {
-            metrics::gauge!("hangar_github_rate_limit_remaining").set(remaining as f64);
-            metrics::gauge!("hangar_github_rate_limit_limit").set(limit as f64);
+            metrics::gauge!(crate::metrics::GITHUB_RATE_LIMIT_REMAINING).set(remaining as f64);
+            metrics::gauge!(crate::metrics::GITHUB_RATE_LIMIT_LIMIT).set(limit as f64);
         }
     }
 
@@ -440,7 +440,7 @@ impl RestClient {
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(source) => {
-                    metrics::counter!("hangar_github_requests_total", "op" => call.op, "status" => "error")
+                    metrics::counter!(crate::metrics::GITHUB_REQUESTS, "op" => call.op, "status" => "error")
                         .increment(1);
                     if call.idempotent && attempt < self.config.max_retries {
                         tracing::debug!(%method, path = %call.path, error = %ErrorChain(&source), attempt, "github call failed, retrying");
@@ -452,7 +452,7 @@ impl RestClient {
                 }
             };
             let status = response.status();
-            metrics::counter!("hangar_github_requests_total", "op" => call.op, "status" => status.as_str().to_owned())
+            metrics::counter!(crate::metrics::GITHUB_REQUESTS, "op" => call.op, "status" => status.as_str().to_owned())
                 .increment(1);
             self.budget_update(response.headers());
             if status == StatusCode::UNAUTHORIZED

@@ -32,6 +32,7 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args) -> Result<()> {
     init_tracing();
+    crate::metrics::describe_all();
     let path = crate::config_path(args.config);
     let config = match &path {
         Some(path) => HangarConfig::load(path).map_err(|e| anyhow::anyhow!("{e}"))?,
