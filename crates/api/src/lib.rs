@@ -4,7 +4,10 @@
 //! its records into them; the CLI and scripts read them. Changing a field
 //! here changes the API.
 
-use hangar_types::{Conclusion, JobId, JobState, Labels, Timestamp};
+use hangar_types::{
+    Conclusion, DeliveryId, GitHubRunnerId, InstallationId, JobId, JobState, Labels, PoolName,
+    RunId, RunnerId, RunnerState, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 /// A job as the API shows it.
@@ -14,14 +17,15 @@ pub struct JobView {
     pub state: JobState,
     pub repository: String,
     pub organization: Option<String>,
-    pub installation_id: Option<i64>,
-    pub run_id: i64,
+    pub installation_id: Option<InstallationId>,
+    pub run_id: RunId,
     pub run_attempt: i64,
     pub workflow_name: Option<String>,
     pub job_name: String,
     pub labels: Labels,
     pub head_branch: Option<String>,
-    pub runner_id: Option<i64>,
+    /// GitHub's id of the runner that took the job.
+    pub runner_id: Option<GitHubRunnerId>,
     pub runner_name: Option<String>,
     pub runner_group: Option<String>,
     pub conclusion: Option<Conclusion>,
@@ -93,9 +97,9 @@ pub struct JobPhases {
 /// A runner as the API shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerView {
-    pub id: String,
-    pub pool: String,
-    pub state: String,
+    pub id: RunnerId,
+    pub pool: PoolName,
+    pub state: RunnerState,
     pub for_job: Option<JobId>,
     pub job: Option<JobId>,
     pub reason: Option<String>,
@@ -104,7 +108,7 @@ pub struct RunnerView {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TimelineEntry {
-    pub delivery_id: String,
+    pub delivery_id: DeliveryId,
     pub event: String,
     pub action: Option<String>,
     pub received_at: Timestamp,
@@ -191,5 +195,49 @@ impl Client {
             return Err(ClientError::Status { status: status.as_u16(), message });
         }
         response.json().await.map_err(|source| ClientError::Decode { source })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The typed ids are `serde(transparent)`: the JSON is what it was when
+    /// these fields were bare numbers and strings.
+    #[test]
+    fn typed_ids_keep_the_wire_format() {
+        let wire = serde_json::json!({
+            "job": {
+                "id": 11, "state": "completed", "repository": "octo/app",
+                "organization": "octo", "installation_id": 7, "run_id": 99, "run_attempt": 1,
+                "workflow_name": "ci", "job_name": "build", "labels": ["linux", "self-hosted"],
+                "head_branch": "main", "runner_id": 42, "runner_name": "hangar-linux-1",
+                "runner_group": "Default", "conclusion": "success", "html_url": null,
+                "created_at": "2025-01-02T03:04:05Z", "started_at": null, "completed_at": null,
+                "received": { "waiting": null, "queued": "2025-01-02T03:04:06Z",
+                              "in_progress": null, "completed": null },
+                "generation": 3
+            },
+            "timeline": [{ "delivery_id": "72d3162e-cc78-11e3-81ab-4c9367dc0958",
+                           "event": "workflow_job", "action": "queued",
+                           "received_at": "2025-01-02T03:04:06Z" }],
+            "lifecycle": {
+                "reason": null, "launch_failures": 0, "last_error": null,
+                "phases": { "github_created_at": null, "webhook_received": null,
+                            "runner_decided": null, "jit_minted": null,
+                            "instance_launched": null, "instance_ready": null,
+                            "picked_up": null, "completed": null },
+                "runners": [{ "id": "hangar-linux-00000000000000ff", "pool": "linux",
+                              "state": "gone", "for_job": 11, "job": 11, "reason": "done",
+                              "created_at": "2025-01-02T03:04:06Z" }]
+            }
+        });
+        let detail: JobDetail =
+            serde_json::from_value(wire.clone()).expect("the wire format parses");
+        assert_eq!(detail.job.runner_id, Some(GitHubRunnerId(42)));
+        assert_eq!(detail.job.installation_id, Some(InstallationId(7)));
+        assert_eq!(detail.lifecycle.runners[0].state, RunnerState::Gone);
+        assert_eq!(detail.lifecycle.runners[0].pool, PoolName("linux".into()));
+        assert_eq!(serde_json::to_value(&detail).expect("serializes"), wire);
     }
 }

@@ -8,6 +8,8 @@
 
 use std::collections::BTreeMap;
 
+use hangar_types::{ErrorChain, RepositoryId};
+
 use crate::index::{CacheEntry, CacheEntryState};
 use crate::service::{CacheError, CacheService};
 
@@ -51,7 +53,7 @@ pub fn plan(
     cap: u64,
 ) -> Vec<(CacheEntry, EvictReason)> {
     let mut out = Vec::new();
-    let mut kept: BTreeMap<i64, Vec<&CacheEntry>> = BTreeMap::new();
+    let mut kept: BTreeMap<RepositoryId, Vec<&CacheEntry>> = BTreeMap::new();
     for e in entries {
         match e.state {
             CacheEntryState::Uploading if e.created_at + upload_timeout_ms < now => {
@@ -86,9 +88,9 @@ async fn apply(
     if !dry_run {
         for (entry, reason) in &plan {
             service.entry_remove(entry).await?;
-            metrics::counter!("hangar_cache_evictions_total", "reason" => reason.as_str())
+            metrics::counter!(crate::metrics::CACHE_EVICTIONS, "reason" => reason.as_str())
                 .increment(1);
-            tracing::info!(repository_id = entry.repository_id, entry_id = entry.id, key = %entry.key, reason = reason.as_str(), "cache: evicted");
+            tracing::info!(repository_id = entry.repository_id.0, entry_id = entry.id.0, key = %entry.key, reason = reason.as_str(), "cache: evicted");
         }
     }
     Ok(EvictionReport { removed: plan })
@@ -106,7 +108,7 @@ pub async fn evict(service: &CacheService, dry_run: bool) -> Result<EvictionRepo
 /// Only the size cap of one repository (run after each save).
 pub async fn evict_repo_over_cap(
     service: &CacheService,
-    repository_id: i64,
+    repository_id: RepositoryId,
     dry_run: bool,
 ) -> Result<EvictionReport, CacheError> {
     let entries = service.index.entry_list(Some(repository_id)).await?;
@@ -128,19 +130,21 @@ pub async fn schedule(service: CacheService, stop: tokio_util::sync::Cancellatio
             Ok(report) => {
                 tracing::info!(evicted = report.removed.len(), "cache: eviction pass done");
             }
-            Err(e) => tracing::warn!(error = %e, "cache: eviction pass failed"),
+            Err(e) => tracing::warn!(error = %ErrorChain(&e), "cache: eviction pass failed"),
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use hangar_types::CacheEntryId;
+
     use super::*;
 
     fn entry(id: i64, repo: i64, size: u64, last_used: i64, state: CacheEntryState) -> CacheEntry {
         CacheEntry {
-            id,
-            repository_id: repo,
+            id: CacheEntryId(id),
+            repository_id: RepositoryId(repo),
             scope: "refs/heads/main".into(),
             key: format!("k{id}"),
             version: "v".into(),
@@ -168,7 +172,7 @@ mod tests {
             entry(6, 2, 0, 990, CacheEntryState::Uploading), // still uploading
         ];
         let got: Vec<(i64, EvictReason)> =
-            plan(&entries, 1000, 800, 100, 100).into_iter().map(|(e, r)| (e.id, r)).collect();
+            plan(&entries, 1000, 800, 100, 100).into_iter().map(|(e, r)| (e.id.0, r)).collect();
         assert_eq!(
             got,
             vec![(1, EvictReason::Unused), (5, EvictReason::Abandoned), (2, EvictReason::SizeCap)]

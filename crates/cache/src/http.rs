@@ -22,6 +22,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use futures::TryStreamExt;
+use hangar_types::{CacheEntryId, ErrorChain};
 use serde::{Deserialize, Serialize};
 
 use crate::service::{CacheError, CacheService};
@@ -36,15 +37,15 @@ pub enum Endpoint {
     V2Lookup,
     V2Create,
     V2Finalize,
-    PutBlob { id: i64 },
-    PutBlock { id: i64, block_id: String },
-    PutBlockList { id: i64 },
-    Download { id: i64 },
+    PutBlob { id: CacheEntryId },
+    PutBlock { id: CacheEntryId, block_id: String },
+    PutBlockList { id: CacheEntryId },
+    Download { id: CacheEntryId },
     V1Lookup,
     V1List,
     V1Reserve,
-    V1Upload { id: i64 },
-    V1Commit { id: i64 },
+    V1Upload { id: CacheEntryId },
+    V1Commit { id: CacheEntryId },
 }
 
 impl Endpoint {
@@ -59,7 +60,11 @@ impl Endpoint {
     }
 
     /// The Azure blob operation named by the query.
-    pub fn blob(id: i64, comp: Option<&str>, block_id: Option<String>) -> Option<Endpoint> {
+    pub fn blob(
+        id: CacheEntryId,
+        comp: Option<&str>,
+        block_id: Option<String>,
+    ) -> Option<Endpoint> {
         match (comp, block_id) {
             (None, _) => Some(Endpoint::PutBlob { id }),
             (Some("block"), Some(block_id)) => Some(Endpoint::PutBlock { id, block_id }),
@@ -125,9 +130,9 @@ impl IntoResponse for ApiError {
             e => e.to_string(),
         };
         if status.is_server_error() {
-            tracing::error!(error = ?self.1, "cache: request failed");
+            tracing::error!(error = %ErrorChain(&self.1), "cache: request failed");
         } else {
-            tracing::info!(status = status.as_u16(), error = %msg, "cache: request refused");
+            tracing::info!(status = status.as_u16(), error = %ErrorChain(&self.1), "cache: request refused");
         }
         match self.0 {
             Proto::Twirp => (status, axum::Json(serde_json::json!({ "code": code, "msg": msg })))
@@ -344,7 +349,7 @@ async fn twirp_call(
             let reply = match svc.finalize_v2(&who, &key, &version, size).await {
                 Ok(entry) => pb::FinalizeCacheEntryUploadResponse {
                     ok: true,
-                    entry_id: entry.id,
+                    entry_id: entry.id.0,
                     message: String::new(),
                 },
                 Err(CacheError::Incomplete(message)) => {
@@ -381,7 +386,7 @@ fn blob_created() -> Response {
 
 async fn blob_put(
     State(svc): State<CacheService>,
-    Path(id): Path<i64>,
+    Path(id): Path<CacheEntryId>,
     Query(q): Query<SignedQuery>,
     request: Request,
 ) -> Response {
@@ -393,7 +398,7 @@ async fn blob_put(
 
 async fn blob_call(
     svc: &CacheService,
-    id: i64,
+    id: CacheEntryId,
     q: SignedQuery,
     request: Request,
 ) -> Result<(), CacheError> {
@@ -464,7 +469,7 @@ pub fn parse_range(value: &str, size: u64) -> Option<std::ops::Range<u64>> {
 
 async fn download(
     State(svc): State<CacheService>,
-    Path(id): Path<i64>,
+    Path(id): Path<CacheEntryId>,
     Query(q): Query<SignedQuery>,
     method: Method,
     headers: HeaderMap,
@@ -515,7 +520,7 @@ async fn download(
         return ApiError(Proto::Blob, e).into_response();
     }
     let body = dl.body.map_err(|e| {
-        tracing::warn!(error = %e, "cache: download stream failed");
+        tracing::warn!(error = %ErrorChain(&e), "cache: download stream failed");
         std::io::Error::other(e)
     });
     builder.body(Body::from_stream(body)).expect("valid response")
@@ -678,7 +683,7 @@ async fn v1_reserve(
 
 async fn v1_entry_p(
     svc: State<CacheService>,
-    Path((_p, id)): Path<(String, i64)>,
+    Path((_p, id)): Path<(String, CacheEntryId)>,
     request: Request,
 ) -> Response {
     v1_entry(svc, Path(id), request).await
@@ -687,7 +692,7 @@ async fn v1_entry_p(
 /// `PATCH` uploads a chunk, `POST` commits.
 async fn v1_entry(
     State(svc): State<CacheService>,
-    Path(id): Path<i64>,
+    Path(id): Path<CacheEntryId>,
     request: Request,
 ) -> Response {
     let endpoint = match *request.method() {
@@ -751,17 +756,20 @@ mod tests {
     fn endpoints_from_requests() {
         assert_eq!(Endpoint::twirp("CreateCacheEntry"), Some(Endpoint::V2Create));
         assert_eq!(Endpoint::twirp("DeleteCacheEntry"), None);
-        assert_eq!(Endpoint::blob(3, None, None), Some(Endpoint::PutBlob { id: 3 }));
         assert_eq!(
-            Endpoint::blob(3, Some("block"), Some("QQ==".into())),
-            Some(Endpoint::PutBlock { id: 3, block_id: "QQ==".into() })
+            Endpoint::blob(CacheEntryId(3), None, None),
+            Some(Endpoint::PutBlob { id: CacheEntryId(3) })
         );
-        assert_eq!(Endpoint::blob(3, Some("block"), None), None);
         assert_eq!(
-            Endpoint::blob(3, Some("blocklist"), None),
-            Some(Endpoint::PutBlockList { id: 3 })
+            Endpoint::blob(CacheEntryId(3), Some("block"), Some("QQ==".into())),
+            Some(Endpoint::PutBlock { id: CacheEntryId(3), block_id: "QQ==".into() })
         );
-        assert_eq!(Endpoint::blob(3, Some("appendblock"), None), None);
+        assert_eq!(Endpoint::blob(CacheEntryId(3), Some("block"), None), None);
+        assert_eq!(
+            Endpoint::blob(CacheEntryId(3), Some("blocklist"), None),
+            Some(Endpoint::PutBlockList { id: CacheEntryId(3) })
+        );
+        assert_eq!(Endpoint::blob(CacheEntryId(3), Some("appendblock"), None), None);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
+use hangar_types::{CacheEntryId, RepositoryId};
 
 pub use hangar_store::{CacheEntry, CacheEntryState, CacheRepoStats, NewCacheEntry};
 
@@ -41,12 +42,12 @@ pub enum IndexError {
 pub trait CacheIndex: Send + Sync + 'static {
     /// Reserves a new entry in state `Uploading`; `Conflict` if the identity exists.
     async fn entry_reserve(&self, new: &NewCacheEntry) -> Result<CacheEntry, IndexError>;
-    async fn entry_get(&self, id: i64) -> Result<Option<CacheEntry>, IndexError>;
+    async fn entry_get(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError>;
     /// Uploading → Ready with its size and manifest. False if the entry is
     /// missing or not `Uploading` (nothing changes then).
     async fn entry_commit(
         &self,
-        id: i64,
+        id: CacheEntryId,
         size: u64,
         manifest: &str,
         now: Millis,
@@ -54,7 +55,7 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// The entry with exactly this identity (key compared lower-cased), any state.
     async fn entry_find_exact(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         key: &str,
         version: &str,
@@ -63,7 +64,7 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// with the lower-cased `prefix`.
     async fn entry_find_prefix(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         prefix: &str,
         version: &str,
@@ -71,17 +72,21 @@ pub trait CacheIndex: Send + Sync + 'static {
     /// Marks an entry used at `now`, counting a hit if `hit`, and `bytes` more served.
     async fn entry_touch(
         &self,
-        id: i64,
+        id: CacheEntryId,
         now: Millis,
         hit: bool,
         bytes: u64,
     ) -> Result<(), IndexError>;
     /// Deletes an entry, returning it if it existed.
-    async fn entry_delete(&self, id: i64) -> Result<Option<CacheEntry>, IndexError>;
+    async fn entry_delete(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError>;
     /// All entries (of one repository if given), least recently used first.
-    async fn entry_list(&self, repository_id: Option<i64>) -> Result<Vec<CacheEntry>, IndexError>;
+    async fn entry_list(
+        &self,
+        repository_id: Option<RepositoryId>,
+    ) -> Result<Vec<CacheEntry>, IndexError>;
     /// Counts one restore lookup for a repository, and whether it hit.
-    async fn lookup_record(&self, repository_id: i64, hit: bool) -> Result<(), IndexError>;
+    async fn lookup_record(&self, repository_id: RepositoryId, hit: bool)
+    -> Result<(), IndexError>;
     /// Usage per repository (repositories with entries or lookups), by id.
     async fn repo_stats(&self) -> Result<Vec<CacheRepoStats>, IndexError>;
 }
@@ -101,8 +106,8 @@ pub struct MemIndex {
 #[derive(Debug, Default)]
 struct MemInner {
     next_id: i64,
-    entries: BTreeMap<i64, CacheEntry>,
-    lookups: BTreeMap<i64, (u64, u64)>,
+    entries: BTreeMap<CacheEntryId, CacheEntry>,
+    lookups: BTreeMap<RepositoryId, (u64, u64)>,
 }
 
 impl MemIndex {
@@ -113,7 +118,7 @@ impl MemIndex {
 
 fn same_identity(
     e: &CacheEntry,
-    repository_id: i64,
+    repository_id: RepositoryId,
     scope: &str,
     key: &str,
     version: &str,
@@ -136,7 +141,7 @@ impl CacheIndex for MemIndex {
             }
             m.next_id += 1;
             let entry = CacheEntry {
-                id: m.next_id,
+                id: CacheEntryId(m.next_id),
                 repository_id: new.repository_id,
                 scope: new.scope.clone(),
                 key: new.key.clone(),
@@ -156,13 +161,13 @@ impl CacheIndex for MemIndex {
         })
     }
 
-    async fn entry_get(&self, id: i64) -> Result<Option<CacheEntry>, IndexError> {
+    async fn entry_get(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError> {
         Ok(self.with(|m| m.entries.get(&id).cloned()))
     }
 
     async fn entry_commit(
         &self,
-        id: i64,
+        id: CacheEntryId,
         size: u64,
         manifest: &str,
         now: Millis,
@@ -182,7 +187,7 @@ impl CacheIndex for MemIndex {
 
     async fn entry_find_exact(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         key: &str,
         version: &str,
@@ -197,7 +202,7 @@ impl CacheIndex for MemIndex {
 
     async fn entry_find_prefix(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         prefix: &str,
         version: &str,
@@ -220,7 +225,7 @@ impl CacheIndex for MemIndex {
 
     async fn entry_touch(
         &self,
-        id: i64,
+        id: CacheEntryId,
         now: Millis,
         hit: bool,
         bytes: u64,
@@ -235,11 +240,14 @@ impl CacheIndex for MemIndex {
         Ok(())
     }
 
-    async fn entry_delete(&self, id: i64) -> Result<Option<CacheEntry>, IndexError> {
+    async fn entry_delete(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError> {
         Ok(self.with(|m| m.entries.remove(&id)))
     }
 
-    async fn entry_list(&self, repository_id: Option<i64>) -> Result<Vec<CacheEntry>, IndexError> {
+    async fn entry_list(
+        &self,
+        repository_id: Option<RepositoryId>,
+    ) -> Result<Vec<CacheEntry>, IndexError> {
         let mut list: Vec<CacheEntry> = self.with(|m| {
             m.entries
                 .values()
@@ -251,7 +259,11 @@ impl CacheIndex for MemIndex {
         Ok(list)
     }
 
-    async fn lookup_record(&self, repository_id: i64, hit: bool) -> Result<(), IndexError> {
+    async fn lookup_record(
+        &self,
+        repository_id: RepositoryId,
+        hit: bool,
+    ) -> Result<(), IndexError> {
         self.with(|m| {
             let counts = m.lookups.entry(repository_id).or_default();
             counts.0 += 1;
@@ -262,7 +274,7 @@ impl CacheIndex for MemIndex {
 
     async fn repo_stats(&self) -> Result<Vec<CacheRepoStats>, IndexError> {
         Ok(self.with(|m| {
-            let mut stats: BTreeMap<i64, CacheRepoStats> = BTreeMap::new();
+            let mut stats: BTreeMap<RepositoryId, CacheRepoStats> = BTreeMap::new();
             for e in m.entries.values() {
                 let s = stats.entry(e.repository_id).or_default();
                 s.entries += 1;
@@ -293,13 +305,13 @@ impl CacheIndex for hangar_store::Store {
         self.cache_entry_reserve(new).await.map_err(backend)?.ok_or(IndexError::Conflict)
     }
 
-    async fn entry_get(&self, id: i64) -> Result<Option<CacheEntry>, IndexError> {
+    async fn entry_get(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError> {
         self.cache_entry_get(id).await.map_err(backend)
     }
 
     async fn entry_commit(
         &self,
-        id: i64,
+        id: CacheEntryId,
         size: u64,
         manifest: &str,
         now: Millis,
@@ -309,7 +321,7 @@ impl CacheIndex for hangar_store::Store {
 
     async fn entry_find_exact(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         key: &str,
         version: &str,
@@ -319,7 +331,7 @@ impl CacheIndex for hangar_store::Store {
 
     async fn entry_find_prefix(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         prefix: &str,
         version: &str,
@@ -329,7 +341,7 @@ impl CacheIndex for hangar_store::Store {
 
     async fn entry_touch(
         &self,
-        id: i64,
+        id: CacheEntryId,
         now: Millis,
         hit: bool,
         bytes: u64,
@@ -337,15 +349,22 @@ impl CacheIndex for hangar_store::Store {
         self.cache_entry_touch(id, now, hit, bytes).await.map_err(backend)
     }
 
-    async fn entry_delete(&self, id: i64) -> Result<Option<CacheEntry>, IndexError> {
+    async fn entry_delete(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError> {
         self.cache_entry_delete(id).await.map_err(backend)
     }
 
-    async fn entry_list(&self, repository_id: Option<i64>) -> Result<Vec<CacheEntry>, IndexError> {
+    async fn entry_list(
+        &self,
+        repository_id: Option<RepositoryId>,
+    ) -> Result<Vec<CacheEntry>, IndexError> {
         self.cache_entry_list(repository_id).await.map_err(backend)
     }
 
-    async fn lookup_record(&self, repository_id: i64, hit: bool) -> Result<(), IndexError> {
+    async fn lookup_record(
+        &self,
+        repository_id: RepositoryId,
+        hit: bool,
+    ) -> Result<(), IndexError> {
         self.cache_lookup_record(repository_id, hit).await.map_err(backend)
     }
 

@@ -21,6 +21,7 @@ pub mod config;
 pub mod evict;
 pub mod http;
 pub mod index;
+pub mod metrics;
 pub mod service;
 pub mod sign;
 pub mod token;

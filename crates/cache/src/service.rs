@@ -19,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures::Stream;
 use hangar_blobstore::{BlobError, BlobStore, ByteStream, Part};
+use hangar_types::{CacheEntryId, ErrorChain};
 
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -197,12 +198,12 @@ impl CacheService {
         match &found {
             Some(e) => {
                 self.index.entry_touch(e.id, self.now(), true, 0).await?;
-                metrics::counter!("hangar_cache_lookups_total", "result" => "hit").increment(1);
-                tracing::info!(repository_id = who.repository_id, entry_id = e.id, key = %e.key, scope = %e.scope, "cache: hit");
+                metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => "hit").increment(1);
+                tracing::info!(repository_id = who.repository_id.0, entry_id = e.id.0, key = %e.key, scope = %e.scope, "cache: hit");
             }
             None => {
-                metrics::counter!("hangar_cache_lookups_total", "result" => "miss").increment(1);
-                tracing::info!(repository_id = who.repository_id, key = %keys[0], "cache: miss");
+                metrics::counter!(crate::metrics::CACHE_LOOKUPS, "result" => "miss").increment(1);
+                tracing::info!(repository_id = who.repository_id.0, key = %keys[0], "cache: miss");
             }
         }
         Ok(found)
@@ -279,14 +280,14 @@ impl CacheService {
     }
 
     /// Signed Azure-style upload URL (three path segments, as the SDK needs).
-    pub fn upload_url(&self, host: Option<&str>, id: i64) -> String {
-        let query = self.signer.query(UrlOp::Upload, id, self.expiry());
+    pub fn upload_url(&self, host: Option<&str>, id: CacheEntryId) -> String {
+        let query = self.signer.query(UrlOp::Upload, id.0, self.expiry());
         format!("{}/_hangar/blob/{id}?{query}", self.base_url(host))
     }
 
     /// Signed download URL.
-    pub fn download_url(&self, host: Option<&str>, id: i64) -> String {
-        let query = self.signer.query(UrlOp::Download, id, self.expiry());
+    pub fn download_url(&self, host: Option<&str>, id: CacheEntryId) -> String {
+        let query = self.signer.query(UrlOp::Download, id.0, self.expiry());
         format!("{}/_hangar/download/{id}?{query}", self.base_url(host))
     }
 
@@ -294,14 +295,14 @@ impl CacheService {
     pub async fn signed_entry(
         &self,
         op: UrlOp,
-        id: i64,
+        id: CacheEntryId,
         se: Option<&str>,
         sig: Option<&str>,
     ) -> Result<CacheEntry, CacheError> {
         let (Some(se), Some(sig)) = (se.and_then(|s| s.parse().ok()), sig) else {
             return Err(CacheError::BadSignature);
         };
-        if !self.signer.check(op, id, se, sig, self.now()) {
+        if !self.signer.check(op, id.0, se, sig, self.now()) {
             return Err(CacheError::BadSignature);
         }
         self.index.entry_get(id).await?.ok_or(CacheError::NotFound)
@@ -327,7 +328,7 @@ impl CacheService {
     {
         let key = format!("{}/{name}", entry.blob_prefix);
         let n = self.blobs.put_stream(&key, body, limit).await?;
-        metrics::counter!("hangar_cache_bytes_in_total").increment(n);
+        metrics::counter!(crate::metrics::CACHE_BYTES_IN).increment(n);
         Ok(n)
     }
 
@@ -440,7 +441,7 @@ impl CacheService {
     pub async fn commit_v1(
         &self,
         who: &Identity,
-        id: i64,
+        id: CacheEntryId,
         size: u64,
     ) -> Result<CacheEntry, CacheError> {
         let entry = self.owned_entry(who, id).await?;
@@ -481,20 +482,24 @@ impl CacheService {
         if !self.index.entry_commit(entry.id, size, &manifest_of(parts), self.now()).await? {
             return Err(CacheError::Conflict);
         }
-        tracing::info!(repository_id = entry.repository_id, entry_id = entry.id, key = %entry.key, scope = %entry.scope, size, "cache: saved");
+        tracing::info!(repository_id = entry.repository_id.0, entry_id = entry.id.0, key = %entry.key, scope = %entry.scope, size, "cache: saved");
         // Enforce the size cap right away; GitHub also accepts then evicts.
         let this = self.clone();
         let repo = entry.repository_id;
         self.tasks.spawn(async move {
             if let Err(e) = crate::evict::evict_repo_over_cap(&this, repo, false).await {
-                tracing::warn!(repository_id = repo, error = %e, "cache: size-cap eviction failed");
+                tracing::warn!(repository_id = repo.0, error = %ErrorChain(&e), "cache: size-cap eviction failed");
             }
         });
         self.index.entry_get(entry.id).await?.ok_or(CacheError::NotFound)
     }
 
     /// An entry of the caller's repository (v1 uses bare ids in URLs).
-    pub async fn owned_entry(&self, who: &Identity, id: i64) -> Result<CacheEntry, CacheError> {
+    pub async fn owned_entry(
+        &self,
+        who: &Identity,
+        id: CacheEntryId,
+    ) -> Result<CacheEntry, CacheError> {
         match self.index.entry_get(id).await? {
             Some(e)
                 if e.repository_id == who.repository_id
@@ -542,7 +547,7 @@ impl CacheService {
 
     /// Records bytes served.
     pub async fn served(&self, entry: &CacheEntry, bytes: u64) -> Result<(), CacheError> {
-        metrics::counter!("hangar_cache_bytes_out_total").increment(bytes);
+        metrics::counter!(crate::metrics::CACHE_BYTES_OUT).increment(bytes);
         self.index.entry_touch(entry.id, self.now(), false, bytes).await?;
         Ok(())
     }

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hangar_types::RepositoryId;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -26,7 +27,7 @@ pub const JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
 /// What a verified token allows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    pub repository_id: i64,
+    pub repository_id: RepositoryId,
     /// Refs readable, in search order: the writable ref first, then the rest
     /// in the token's order (base branch, default branch).
     pub read_scopes: Vec<String>,
@@ -240,6 +241,7 @@ fn identity_from(claims: &Claims) -> Result<Identity, TokenError> {
         Some(serde_json::Value::String(s)) => s.parse().ok(),
         _ => None,
     }
+    .map(RepositoryId)
     .ok_or(TokenError::Claim { claim: "repository_id" })?;
     let ac_err = TokenError::Claim { claim: "ac" };
     let scopes: Vec<AcScope> = match &claims.ac {
@@ -274,7 +276,7 @@ mod tests {
     fn scopes_come_from_the_ac_claim() {
         let ac = r#"[{"Scope":"refs/heads/main","Permission":1},{"Scope":"refs/heads/feature","Permission":3}]"#;
         let id = identity_from(&claims("42".into(), ac.into())).unwrap();
-        assert_eq!(id.repository_id, 42);
+        assert_eq!(id.repository_id, RepositoryId(42));
         assert_eq!(id.read_scopes, ["refs/heads/feature", "refs/heads/main"]);
         assert_eq!(id.write_scope.as_deref(), Some("refs/heads/feature"));
     }

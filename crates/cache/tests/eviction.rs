@@ -11,12 +11,13 @@ use hangar_cache::evict::{EvictReason, evict};
 use hangar_cache::index::{CacheIndex, MemIndex};
 use hangar_cache::token::Identity;
 use hangar_cache::{CacheConfig, CacheService};
+use hangar_types::RepositoryId;
 
 const HOUR: i64 = 3_600_000;
 
 fn who(repo: i64) -> Identity {
     Identity {
-        repository_id: repo,
+        repository_id: RepositoryId(repo),
         read_scopes: vec!["refs/heads/main".into()],
         write_scope: Some("refs/heads/main".into()),
     }
@@ -87,7 +88,7 @@ async fn size_cap_evicts_least_recently_used_per_repository() {
     hangar_test_harness::wait_for("size-cap eviction", std::time::Duration::from_secs(10), || {
         let index = index.clone();
         async move {
-            let left = index.entry_list(Some(1)).await.unwrap();
+            let left = index.entry_list(Some(RepositoryId(1))).await.unwrap();
             (left.len() == 2).then_some(())
         }
     })
@@ -103,8 +104,13 @@ async fn size_cap_evicts_least_recently_used_per_repository() {
     hangar_test_harness::wait_for("second eviction", std::time::Duration::from_secs(10), || {
         let index = index.clone();
         async move {
-            let keys: Vec<String> =
-                index.entry_list(Some(1)).await.unwrap().into_iter().map(|e| e.key).collect();
+            let keys: Vec<String> = index
+                .entry_list(Some(RepositoryId(1)))
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect();
             (keys.len() == 2).then_some(keys)
         }
     })

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use hangar_cache::index::{CacheEntryState, CacheIndex, IndexError, MemIndex, NewCacheEntry};
 use hangar_store::Store;
+use hangar_types::{CacheEntryId, RepositoryId};
 
 fn new(repo: i64, scope: &str, key: &str, now: i64) -> NewCacheEntry {
     NewCacheEntry {
-        repository_id: repo,
+        repository_id: RepositoryId(repo),
         scope: scope.into(),
         key: key.into(),
         version: "v1".into(),
@@ -31,7 +32,8 @@ async fn suite(index: Arc<dyn CacheIndex>) {
     index.entry_reserve(&other_version).await.unwrap();
 
     // Uploading entries are never found by prefix.
-    let none = index.entry_find_prefix(1, "refs/heads/main", "deps", "v1").await.unwrap();
+    let none =
+        index.entry_find_prefix(RepositoryId(1), "refs/heads/main", "deps", "v1").await.unwrap();
     assert_eq!(none, None);
     assert!(index.entry_commit(a.id, 42, "1/x/blob\t42\n", 200).await.unwrap());
     assert!(!index.entry_commit(a.id, 43, "", 201).await.unwrap(), "commits once");
@@ -43,32 +45,60 @@ async fn suite(index: Arc<dyn CacheIndex>) {
     assert_eq!(a.manifest, "1/x/blob\t42\n");
 
     // Exact lookups ignore case; prefix lookups take the newest commit.
-    let exact =
-        index.entry_find_exact(1, "refs/heads/main", "DEPS-linux-1", "v1").await.unwrap().unwrap();
+    let exact = index
+        .entry_find_exact(RepositoryId(1), "refs/heads/main", "DEPS-linux-1", "v1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(exact.id, a.id);
     let b = index.entry_reserve(&new(1, "refs/heads/main", "deps-linux-2", 300)).await.unwrap();
     index.entry_commit(b.id, 7, "", 400).await.unwrap();
-    let newest =
-        index.entry_find_prefix(1, "refs/heads/main", "DEPS-LINUX-", "v1").await.unwrap().unwrap();
+    let newest = index
+        .entry_find_prefix(RepositoryId(1), "refs/heads/main", "DEPS-LINUX-", "v1")
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(newest.id, b.id);
     assert_eq!(
-        index.entry_find_prefix(1, "refs/heads/main", "deps-linux-", "v9").await.unwrap(),
+        index
+            .entry_find_prefix(RepositoryId(1), "refs/heads/main", "deps-linux-", "v9")
+            .await
+            .unwrap(),
         None
     );
-    assert_eq!(index.entry_find_prefix(1, "refs/heads/other", "deps", "v1").await.unwrap(), None);
-    // LIKE wildcards are plain characters.
-    assert_eq!(index.entry_find_prefix(1, "refs/heads/main", "deps%", "v1").await.unwrap(), None);
     assert_eq!(
-        index.entry_find_prefix(1, "refs/heads/main", "deps_linux", "v1").await.unwrap(),
+        index.entry_find_prefix(RepositoryId(1), "refs/heads/other", "deps", "v1").await.unwrap(),
+        None
+    );
+    // LIKE wildcards are plain characters.
+    assert_eq!(
+        index.entry_find_prefix(RepositoryId(1), "refs/heads/main", "deps%", "v1").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        index
+            .entry_find_prefix(RepositoryId(1), "refs/heads/main", "deps_linux", "v1")
+            .await
+            .unwrap(),
         None
     );
     // Unicode keys compare lower-cased on every backend.
     let u = index.entry_reserve(&new(1, "refs/heads/main", "Ünïcode-Key", 500)).await.unwrap();
     index.entry_commit(u.id, 1, "", 500).await.unwrap();
     assert!(
-        index.entry_find_exact(1, "refs/heads/main", "üNÏCODE-key", "v1").await.unwrap().is_some()
+        index
+            .entry_find_exact(RepositoryId(1), "refs/heads/main", "üNÏCODE-key", "v1")
+            .await
+            .unwrap()
+            .is_some()
     );
-    assert!(index.entry_find_prefix(1, "refs/heads/main", "ÜNÏ", "v1").await.unwrap().is_some());
+    assert!(
+        index
+            .entry_find_prefix(RepositoryId(1), "refs/heads/main", "ÜNÏ", "v1")
+            .await
+            .unwrap()
+            .is_some()
+    );
 
     // Touch moves last use forward only and counts hits and bytes.
     index.entry_touch(a.id, 1000, true, 0).await.unwrap();
@@ -77,22 +107,23 @@ async fn suite(index: Arc<dyn CacheIndex>) {
     assert_eq!((a.last_used_at, a.hits, a.bytes_served), (1000, 1, 42));
 
     // Listing is least recently used first, optionally per repository.
-    let list: Vec<i64> = index.entry_list(Some(1)).await.unwrap().iter().map(|e| e.id).collect();
+    let list: Vec<CacheEntryId> =
+        index.entry_list(Some(RepositoryId(1))).await.unwrap().iter().map(|e| e.id).collect();
     assert_eq!(list.len(), 5);
     assert_eq!(list.last(), Some(&a.id));
     assert_eq!(index.entry_list(None).await.unwrap().len(), 6);
 
     // Stats per repository.
-    index.lookup_record(1, true).await.unwrap();
-    index.lookup_record(1, false).await.unwrap();
-    index.lookup_record(3, false).await.unwrap();
+    index.lookup_record(RepositoryId(1), true).await.unwrap();
+    index.lookup_record(RepositoryId(1), false).await.unwrap();
+    index.lookup_record(RepositoryId(3), false).await.unwrap();
     let stats = index.repo_stats().await.unwrap();
-    let repo1 = stats.iter().find(|s| s.repository_id == 1).unwrap();
+    let repo1 = stats.iter().find(|s| s.repository_id == RepositoryId(1)).unwrap();
     assert_eq!(
         (repo1.entries, repo1.bytes, repo1.lookups, repo1.hits, repo1.bytes_served),
         (5, 50, 2, 1, 42)
     );
-    let repo3 = stats.iter().find(|s| s.repository_id == 3).unwrap();
+    let repo3 = stats.iter().find(|s| s.repository_id == RepositoryId(3)).unwrap();
     assert_eq!((repo3.entries, repo3.lookups), (0, 1));
 
     // Delete returns the entry once and frees the identity.

@@ -11,6 +11,7 @@
 //! JSON shapes, URLs and signature scheme. Everything past it speaks
 //! `hangar_types` and the types below.
 
+pub mod metrics;
 pub mod rest;
 pub mod webhook;
 

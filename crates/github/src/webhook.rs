@@ -18,8 +18,8 @@ use std::fmt;
 
 use chrono::{DateTime, Utc};
 use hangar_types::{
-    Conclusion, DeliveryId, InstallationId, JobAction, JobEvent, JobFields, JobId, Labels, RunId,
-    RunnerAssignment, Timestamp,
+    Conclusion, DeliveryId, GitHubRunnerId, InstallationId, JobAction, JobEvent, JobFields, JobId,
+    Labels, RunId, RunnerAssignment, Timestamp,
 };
 use hmac::{Hmac, Mac};
 use serde::Deserialize;
@@ -299,7 +299,7 @@ mod wire {
             let job = self.workflow_job;
             let runner = match (job.runner_id, job.runner_name) {
                 (Some(id), Some(name)) => Some(RunnerAssignment {
-                    id,
+                    id: GitHubRunnerId(id),
                     name,
                     group_id: job.runner_group_id,
                     group_name: job.runner_group_name,

@@ -13,7 +13,7 @@ use hangar_simulator::{
     Faults, JobSpec, RateLimitConfig, SimApp, SimConfig, SimHandle, SimJobStatus, Simulator,
 };
 use hangar_test_harness::wait_for;
-use hangar_types::{JobId, JobState, Labels, Secret};
+use hangar_types::{GitHubRunnerId, InstallationId, JobId, JobState, Labels, Secret};
 
 const ORG: &str = "octo-org";
 
@@ -269,7 +269,7 @@ async fn timeouts_surface_as_transport_errors() {
         ..Faults::default()
     });
     let started = tokio::time::Instant::now();
-    let error = gh.runner_get(&org(), 1).await.unwrap_err();
+    let error = gh.runner_get(&org(), GitHubRunnerId(1)).await.unwrap_err();
     assert!(matches!(error, GitHubError::Transport { .. }), "{error}");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert_eq!(sim.counters().api_calls_total, 2, "one retry");
@@ -288,7 +288,7 @@ async fn the_primary_budget_is_tracked_waited_out_and_reserved_for_essential_cal
     config.max_rate_limit_wait = Duration::from_secs(10);
     let gh = RestClient::new(config).unwrap();
     for _ in 0..5 {
-        gh.runner_get(&org(), 1).await.unwrap();
+        gh.runner_get(&org(), GitHubRunnerId(1)).await.unwrap();
     }
     let budget = gh.rate_budget();
     assert_eq!((budget.limit, budget.remaining, budget.reserve), (Some(10), Some(5), 5));
@@ -297,10 +297,10 @@ async fn the_primary_budget_is_tracked_waited_out_and_reserved_for_essential_cal
     assert_eq!(sim.counters().api_calls_total, 5, "a refused poll costs nothing");
     // Essential calls spend the reserve, then wait for the window to reset.
     for _ in 0..5 {
-        gh.runner_get(&org(), 1).await.unwrap();
+        gh.runner_get(&org(), GitHubRunnerId(1)).await.unwrap();
     }
     let started = tokio::time::Instant::now();
-    gh.runner_get(&org(), 1).await.unwrap();
+    gh.runner_get(&org(), GitHubRunnerId(1)).await.unwrap();
     assert!(started.elapsed() >= Duration::from_millis(200), "waited for x-ratelimit-reset");
     assert!(gh.rate_budget().remaining.unwrap() >= 8);
 
@@ -310,7 +310,7 @@ async fn the_primary_budget_is_tracked_waited_out_and_reserved_for_essential_cal
     config.poll_reserve_fraction = 0.0;
     let impatient = RestClient::new(config).unwrap();
     let error = loop {
-        match impatient.runner_get(&org(), 1).await {
+        match impatient.runner_get(&org(), GitHubRunnerId(1)).await {
             Ok(_) => continue,
             Err(error) => break error,
         }
@@ -399,7 +399,7 @@ async fn app_auth_refreshes_its_token_and_redelivers_failed_webhooks() {
     .unwrap();
     let app = AppCredentials {
         app_id: "31337".to_owned(),
-        installation_id: SimConfig::default().installation_id,
+        installation_id: InstallationId(SimConfig::default().installation_id),
         private_key_pem: Secret::new(key.private_pem.clone()),
     };
     let mut config = ClientConfig::new(sim.api_url(), Auth::App(app.clone()));

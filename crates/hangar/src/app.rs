@@ -39,10 +39,6 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::Resolved;
 
-/// `1` for a pool whose runners run isolated (own VM or machine), `0` for
-/// one that runs local processes; labelled `pool`.
-pub const METRIC_POOL_ISOLATED: &str = "hangar_pool_isolated";
-
 /// Parts a caller brings instead of having them built from the config.
 #[derive(Debug, Default)]
 pub struct Parts {
@@ -121,7 +117,8 @@ impl App {
                     None => crate::providers::provider_build(i, pool, &config.data_dir).await,
                 };
                 let isolated = if provider.isolated() { 1.0 } else { 0.0 };
-                metrics::gauge!(METRIC_POOL_ISOLATED, "pool" => pool.name.0.clone()).set(isolated);
+                metrics::gauge!(crate::metrics::POOL_ISOLATED, "pool" => pool.name.0.clone())
+                    .set(isolated);
                 providers.insert(pool.name.clone(), provider);
             }
             let pools = config.pools.iter().map(|p| p.clone().scheduling().0).collect();
@@ -234,12 +231,4 @@ pub fn cache_service(config: &Resolved, store: &Store) -> Result<hangar_cache::C
         Arc::new(hangar_cache::clock::SystemClock),
     )
     .context("starting the cache")
-}
-
-/// Describes the metrics this crate records (help text for `/metrics`).
-pub fn metrics_describe() {
-    metrics::describe_gauge!(
-        METRIC_POOL_ISOLATED,
-        "1 when the pool's runners run isolated (own VM or machine), 0 for local processes"
-    );
 }

@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod config;
+pub mod metrics;
 pub mod providers;
 
 pub use app::{App, Parts};

@@ -21,7 +21,7 @@ pub struct Snapshot {
 use std::time::{Duration, Instant};
 
 use hangar_provider::{InstanceState, Provider, RunnerSpec};
-use hangar_types::{Labels, PoolName, RunnerId, Secret};
+use hangar_types::{ErrorChain, Labels, PoolName, RunnerId, Secret};
 use serde::Serialize;
 
 use crate::vmm::Qemu;
@@ -357,12 +357,12 @@ pub async fn bench_run(
             for _ in 0..runs {
                 match restorer.snapshot_restore_ready(&snapshot).await {
                     Ok(d) => xs.push(ms(d)),
-                    Err(e) => tracing::warn!(error = %e, "restore failed"),
+                    Err(e) => tracing::warn!(error = %ErrorChain(&e), "restore failed"),
                 }
             }
             report.snapshot_restore_ms = Stat::of(xs);
         }
-        Err(e) => tracing::warn!(error = %e, "snapshot failed"),
+        Err(e) => tracing::warn!(error = %ErrorChain(&e), "snapshot failed"),
     }
     let _ = std::fs::remove_dir_all(&snap_dir);
     Ok(report)

@@ -45,7 +45,7 @@ use std::time::{Duration, Instant};
 
 use hangar_guest_agent::{GuestMessage, HostMessage};
 use hangar_provider::{Health, Instance, InstanceState, Provider, ProviderError, RunnerSpec};
-use hangar_types::{PoolName, RunnerId, Timestamp};
+use hangar_types::{ErrorChain, PoolName, RunnerId, Timestamp};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
@@ -649,7 +649,7 @@ impl Inner {
     async fn vm_destroy(&self, vm: &Vm) {
         if !matches!(vm.state(), VmState::Gone { .. }) {
             if let Err(e) = self.vmm.quit(&vm.plan).await {
-                tracing::debug!(vm = %vm.id, error = %e, "qmp quit failed; killing");
+                tracing::debug!(vm = %vm.id, error = %ErrorChain(&e), "qmp quit failed; killing");
             }
             let mut gone = vm.state.subscribe();
             let exited = tokio::time::timeout(
@@ -675,7 +675,7 @@ impl Inner {
         if let Err(e) = std::fs::remove_dir_all(&vm.dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
-            tracing::warn!(vm = %vm.id, error = %e, "removing the vm dir failed");
+            tracing::warn!(vm = %vm.id, error = %ErrorChain(&e), "removing the vm dir failed");
         }
     }
 
@@ -729,7 +729,7 @@ impl Inner {
             if d.runner.is_none() {
                 tracing::info!(pool = %self.pool, dir = %d.dir.display(), "reaping a leftover idle vm");
                 if let Err(e) = d.reap(self.network.as_ref()).await {
-                    tracing::warn!(dir = %d.dir.display(), error = %e, "reaping failed");
+                    tracing::warn!(dir = %d.dir.display(), error = %ErrorChain(&e), "reaping failed");
                 }
             }
         }
@@ -889,7 +889,7 @@ async fn supervise(
                         Ok(GuestMessage::Error { message }) => {
                             tracing::warn!(vm = %vm.id, %message, "guest agent error");
                         }
-                        Err(e) => tracing::warn!(vm = %vm.id, error = %e, "malformed agent message"),
+                        Err(e) => tracing::warn!(vm = %vm.id, error = %ErrorChain(&e), "malformed agent message"),
                     }
                 }
                 message = from_host.recv() => {
@@ -987,7 +987,7 @@ async fn refill_loop(inner: Weak<Inner>) {
                 match strong.pool_snapshot().await {
                     Ok(snapshot) => Some(snapshot),
                     Err(e) => {
-                        tracing::warn!(pool = %strong.pool, error = %e, "snapshot failed; booting cold");
+                        tracing::warn!(pool = %strong.pool, error = %ErrorChain(&e), "snapshot failed; booting cold");
                         None
                     }
                 }
@@ -1001,7 +1001,7 @@ async fn refill_loop(inner: Weak<Inner>) {
                 }
                 Ok(vm) => strong.hot.lock().expect("hot lock").push(vm),
                 Err(e) => {
-                    tracing::warn!(pool = %strong.pool, error = %e, "pre-booting a vm failed");
+                    tracing::warn!(pool = %strong.pool, error = %ErrorChain(&e), "pre-booting a vm failed");
                     drop(strong);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }

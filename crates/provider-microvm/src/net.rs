@@ -31,6 +31,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
+use hangar_types::ErrorChain;
 use sha2::Digest as _;
 
 use crate::config::NetworkConfig;
@@ -166,7 +167,7 @@ impl Network {
     pub(crate) fn firewall_remove(&self) {
         let _ = run("nft", &["delete", "table", "inet", &self.table]);
         if let Err(e) = forwarding_release() {
-            tracing::warn!(error = %e, "restoring net.ipv4.ip_forward failed");
+            tracing::warn!(error = %ErrorChain(&e), "restoring net.ipv4.ip_forward failed");
         }
     }
 

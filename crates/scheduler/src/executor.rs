@@ -39,7 +39,9 @@ use std::time::Instant;
 use hangar_github::{GitHubError, JitConfig, JitConfigRequest, RunnerDeletion};
 use hangar_provider::{Instance, InstanceState, RunnerSpec};
 use hangar_store::StoreError;
-use hangar_types::{JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp};
+use hangar_types::{
+    ErrorChain, GitHubRunnerId, JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp,
+};
 
 use crate::plan::{Action, JobView, Snapshot};
 use crate::reconciler::{Lifecycle, chain, lock};
@@ -219,10 +221,12 @@ async fn runner_create_finish(
         Ok(()) => return,
         Err(failure) => failure,
     };
-    let (step, retryable, failure) = (failure.step(), failure.is_retryable(), chain(&failure));
-    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, step = %step, retryable, error = %failure, "Runner launch failed; tearing it down.");
-    metrics::counter!("hangar_runner_launch_failures_total", "pool" => runner.pool.0.clone())
+    let (step, retryable) = (failure.step(), failure.is_retryable());
+    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, step = %step, retryable, error = %ErrorChain(&failure), "Runner launch failed; tearing it down.");
+    metrics::counter!(crate::metrics::RUNNER_LAUNCH_FAILURES, "pool" => runner.pool.0.clone())
         .increment(1);
+    // The job's recorded error keeps the whole chain.
+    let failure = chain(&failure);
     event(lc, &runner.id, "launch_failed", &failure).await;
     // Re-read: the record may have moved on since.
     if let Ok(Some(fresh)) = lc.store.runner_get(&runner.id).await {
@@ -239,13 +243,15 @@ async fn runner_create_steps(
 ) -> Result<(), StepError> {
     let started = Instant::now();
     let jit = step_mint(lc, runner).await?;
-    metrics::histogram!("hangar_runner_jit_mint_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::RUNNER_JIT_MINT_SECONDS)
+        .record(started.elapsed().as_secs_f64());
     step_record_registered(lc, runner, &jit).await?;
     phase_observe("jit_minted", queued_at, chrono::Utc::now());
     phase_observe("launch_called", queued_at, chrono::Utc::now());
     let started = Instant::now();
     let instance = step_launch(lc, runner, &jit).await?;
-    metrics::histogram!("hangar_runner_launch_seconds").record(started.elapsed().as_secs_f64());
+    metrics::histogram!(crate::metrics::RUNNER_LAUNCH_SECONDS)
+        .record(started.elapsed().as_secs_f64());
     phase_observe("launched", queued_at, chrono::Utc::now());
     step_record_launched(lc, runner, &instance).await
 }
@@ -370,7 +376,7 @@ async fn runner_assign(
     }
     phase_observe("picked_up", queued_at, now);
     if stolen_from.is_some() {
-        metrics::counter!("hangar_runners_stolen_total").increment(1);
+        metrics::counter!(crate::metrics::RUNNERS_STOLEN).increment(1);
         tracing::info!(runner_id = %runner.id, job_id = job.0, message = %message, "Runner stolen.");
     }
     Ok(())
@@ -396,7 +402,7 @@ pub async fn runner_teardown(
 ) {
     let id = runner.id.clone();
     if let Err(error) = runner_teardown_steps(lc, runner, reason, failure_of).await {
-        tracing::warn!(runner_id = %id, error = %chain(&error), "Runner teardown incomplete; the next activation resumes it.");
+        tracing::warn!(runner_id = %id, error = %ErrorChain(&error), "Runner teardown incomplete; the next activation resumes it.");
     }
 }
 
@@ -457,7 +463,7 @@ async fn runner_teardown_steps(
     })
     .await
     .map_err(StepError::store(Step::RecordGone))?;
-    metrics::histogram!("hangar_runner_lifetime_seconds")
+    metrics::histogram!(crate::metrics::RUNNER_LIFETIME_SECONDS)
         .record((now - runner.created_at).to_std().unwrap_or_default().as_secs_f64());
     if runner.job.is_some() {
         lock(&lc.last_completed).insert(runner.pool.clone(), now);
@@ -500,7 +506,7 @@ fn pool_missing(step: Step, runner: &RunnerRecord) -> StepError {
 async fn registration_remove(
     lc: &Lifecycle,
     name: &str,
-    github_id: Option<i64>,
+    github_id: Option<GitHubRunnerId>,
 ) -> Result<RunnerDeletion, GitHubError> {
     let github_id = match github_id {
         Some(id) => id,
@@ -524,41 +530,42 @@ async fn orphan_instance_destroy(lc: &Lifecycle, pool: &PoolName, runner: &Runne
         }
         Ok(RunnerDeletion::Deleted | RunnerDeletion::Gone) => {}
         Err(e) => {
-            tracing::warn!(runner_id = %runner, error = %chain(&e), "Could not remove an orphan's registration.");
+            tracing::warn!(runner_id = %runner, error = %ErrorChain(&e), "Could not remove an orphan's registration.");
             return;
         }
     }
     match tokio::time::timeout(lc.config.provider_timeout, provider.destroy(runner)).await {
         Ok(Ok(())) => {
-            metrics::counter!("hangar_orphans_reaped_total", "kind" => "instance").increment(1);
+            metrics::counter!(crate::metrics::ORPHANS_REAPED, "kind" => "instance").increment(1);
             event(lc, runner, "gone", "orphan instance (not in the store)").await;
         }
         Ok(Err(e)) => {
-            tracing::warn!(runner_id = %runner, error = %chain(&e), "Orphan destroy failed.");
+            tracing::warn!(runner_id = %runner, error = %ErrorChain(&e), "Orphan destroy failed.");
         }
         Err(_) => tracing::warn!(runner_id = %runner, "Orphan destroy timed out."),
     }
 }
 
-async fn orphan_registration_delete(lc: &Lifecycle, github_id: i64, name: &str) {
+async fn orphan_registration_delete(lc: &Lifecycle, github_id: GitHubRunnerId, name: &str) {
     // Re-read: a list can be a minute stale, and busy runners are never deleted.
     match lc.github.runner_get(&lc.scope, github_id).await {
         Ok(Some(registration)) if registration.busy => return,
         Ok(None) => return,
         Ok(Some(_)) => {}
         Err(e) => {
-            tracing::warn!(runner_id = %name, error = %chain(&e), "Could not re-read an orphan registration.");
+            tracing::warn!(runner_id = %name, error = %ErrorChain(&e), "Could not re-read an orphan registration.");
             return;
         }
     }
     match lc.github.runner_delete(&lc.scope, github_id).await {
         Ok(RunnerDeletion::Deleted) => {
             tracing::info!(runner_id = %name, "Deleted an orphan registration.");
-            metrics::counter!("hangar_orphans_reaped_total", "kind" => "registration").increment(1);
+            metrics::counter!(crate::metrics::ORPHANS_REAPED, "kind" => "registration")
+                .increment(1);
         }
         Ok(_) => {}
         Err(e) => {
-            tracing::warn!(runner_id = %name, error = %chain(&e), "Orphan registration delete failed.");
+            tracing::warn!(runner_id = %name, error = %ErrorChain(&e), "Orphan registration delete failed.");
         }
     }
 }
@@ -593,7 +600,7 @@ async fn transition(
 
 async fn event(lc: &Lifecycle, runner: &RunnerId, kind: &str, message: &str) {
     if let Err(e) = lc.store.runner_event_record(runner, chrono::Utc::now(), kind, message).await {
-        tracing::warn!(runner_id = %runner, error = %chain(&e), "Could not record a runner event.");
+        tracing::warn!(runner_id = %runner, error = %ErrorChain(&e), "Could not record a runner event.");
     }
 }
 
@@ -601,6 +608,6 @@ async fn event(lc: &Lifecycle, runner: &RunnerId, kind: &str, message: &str) {
 fn phase_observe(phase: &'static str, queued_at: Option<Timestamp>, at: Timestamp) {
     if let Some(queued_at) = queued_at {
         let seconds = (at - queued_at).to_std().unwrap_or_default().as_secs_f64();
-        metrics::histogram!("hangar_job_phase_seconds", "phase" => phase).record(seconds);
+        metrics::histogram!(crate::metrics::JOB_PHASE_SECONDS, "phase" => phase).record(seconds);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod config;
 pub mod executor;
+pub mod metrics;
 pub mod plan;
 pub mod reconciler;
 pub mod recovery;

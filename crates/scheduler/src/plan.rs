@@ -75,7 +75,7 @@ pub struct JobView {
 /// A runner registration as GitHub lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
-    pub github_id: i64,
+    pub github_id: hangar_types::GitHubRunnerId,
     pub name: String,
     pub busy: bool,
 }
@@ -230,7 +230,7 @@ pub enum Action {
     /// Destroy an instance the store does not know.
     InstanceDestroy { pool: PoolName, runner: RunnerId },
     /// Delete a `hangar-` registration the store does not know.
-    RegistrationDelete { github_id: i64, name: String },
+    RegistrationDelete { github_id: hangar_types::GitHubRunnerId, name: String },
     /// Store the reason a queued job has no runner (or `None`: it has one).
     JobReasonSet { job: JobId, reason: Option<String> },
 }

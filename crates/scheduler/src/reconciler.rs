@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 use hangar_github::{GitHubApi, RunnerScope};
 use hangar_provider::Provider;
 use hangar_store::Store;
-use hangar_types::{JobState, PoolName, RunnerId, RunnerRecord, Timestamp};
+use hangar_types::{PoolName, RunnerId, RunnerRecord, Timestamp};
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -370,18 +370,19 @@ impl Lifecycle {
 
     fn publish(&self, snapshot: Option<&Snapshot>, actions: &[Action], errors: Vec<String>) {
         for error in &errors {
-            tracing::warn!(error = %error, "Reconciler activation hit an error; the next one retries.");
+            tracing::warn!(
+                error = error.as_str(),
+                "Reconciler activation hit an error; the next one retries."
+            );
         }
         let mut planned = BTreeMap::new();
         for action in actions {
             *planned.entry(action_kind(action).to_owned()).or_default() += 1;
         }
         if let Some(snapshot) = snapshot {
-            let queued = snapshot.jobs.iter().filter(|j| j.state == JobState::Queued).count();
-            metrics::gauge!("hangar_jobs_queued").set(queued as f64);
-            metrics::gauge!("hangar_runners_live").set(snapshot.runners.len() as f64);
+            metrics::gauge!(crate::metrics::RUNNERS_LIVE).set(snapshot.runners.len() as f64);
         }
-        metrics::counter!("hangar_reconciler_activations_total").increment(1);
+        metrics::counter!(crate::metrics::RECONCILER_ACTIVATIONS).increment(1);
         self.status.send_modify(|status| {
             status.activations += 1;
             status.last_activation = Some(chrono::Utc::now());

@@ -21,9 +21,9 @@ use std::sync::Arc;
 
 use hangar_github::{GitHubError, GitHubJob};
 use hangar_store::NewDelivery;
-use hangar_types::{DeliveryId, JobAction, JobEvent, JobId, JobState, Timestamp};
+use hangar_types::{DeliveryId, ErrorChain, JobAction, JobEvent, JobId, JobState, Timestamp};
 
-use crate::reconciler::{Lifecycle, chain};
+use crate::reconciler::Lifecycle;
 
 /// Jobs re-read from GitHub at once during a recovery pass.
 const REFRESH_CONCURRENCY: usize = 8;
@@ -70,7 +70,7 @@ impl Lifecycle {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        tracing::warn!(error = %chain(&e), "Recovery pass stopped early; the next one retries.");
+                        tracing::warn!(error = %ErrorChain(&e), "Recovery pass stopped early; the next one retries.");
                     }
                 }
             }
@@ -96,7 +96,7 @@ impl Lifecycle {
                     })
                     .collect(),
                 Err(e) => {
-                    tracing::warn!(error = %chain(&e), "Recovery cannot read the store.");
+                    tracing::warn!(error = %ErrorChain(&e), "Recovery cannot read the store.");
                     return Ok(report);
                 }
             };
@@ -223,7 +223,7 @@ impl Lifecycle {
             self.github.hook_delivery_redeliver(delivery.id).await?;
             state.redelivered.insert(delivery.id);
             report.redeliveries += 1;
-            metrics::counter!("hangar_redeliveries_total").increment(1);
+            metrics::counter!(crate::metrics::REDELIVERIES).increment(1);
         }
         if let Some(newest) = deliveries.iter().map(|d| d.delivered_at).max() {
             // Keep a margin: deliveries logged late must not be skipped.
@@ -254,7 +254,7 @@ impl Lifecycle {
         match self.store.delivery_record(delivery).await {
             Ok(hangar_store::DeliveryOutcome::Recorded { job_changed, .. }) => {
                 if job_changed {
-                    metrics::counter!("hangar_jobs_recovered_total", "state" => job.state.as_str())
+                    metrics::counter!(crate::metrics::JOBS_RECOVERED, "state" => job.state.as_str())
                         .increment(1);
                     tracing::info!(job_id = job.fields.id.0, state = %job.state, "Recovered a job state no webhook delivered.");
                 }
@@ -262,7 +262,7 @@ impl Lifecycle {
             }
             Ok(_) => false,
             Err(e) => {
-                tracing::warn!(job_id = job.fields.id.0, error = %chain(&e), "Could not record a polled job.");
+                tracing::warn!(job_id = job.fields.id.0, error = %ErrorChain(&e), "Could not record a polled job.");
                 false
             }
         }

@@ -59,7 +59,7 @@ pub(crate) async fn job_view(
         .await?
         .into_iter()
         .map(|delivery| TimelineEntry {
-            delivery_id: delivery.delivery_id.0,
+            delivery_id: delivery.delivery_id,
             event: delivery.event,
             action: delivery.action,
             received_at: delivery.received_at,
@@ -94,9 +94,9 @@ async fn lifecycle_of(state: &ServerState, job: &JobRecord) -> Result<JobLifecyc
         runners: runners
             .iter()
             .map(|r| RunnerView {
-                id: r.id.to_string(),
-                pool: r.pool.0.clone(),
-                state: r.state.to_string(),
+                id: r.id.clone(),
+                pool: r.pool.clone(),
+                state: r.state,
                 for_job: r.for_job,
                 job: r.job,
                 reason: r.reason.clone(),
@@ -114,8 +114,8 @@ fn view_of(record: &JobRecord) -> JobView {
         state: record.state,
         repository: fields.repository.clone(),
         organization: fields.organization.clone(),
-        installation_id: fields.installation_id.map(|id| id.0),
-        run_id: fields.run_id.0,
+        installation_id: fields.installation_id,
+        run_id: fields.run_id,
         run_attempt: fields.run_attempt,
         workflow_name: fields.workflow_name.clone(),
         job_name: fields.job_name.clone(),

@@ -56,7 +56,7 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(error = %ErrorChain(&self), "Request failed.");
         } else {
-            tracing::debug!(error = %self, status = status.as_u16(), "Request rejected.");
+            tracing::debug!(error = %ErrorChain(&self), status = status.as_u16(), "Request rejected.");
         }
         (status, Json(ErrorBody { error: self.to_string() })).into_response()
     }

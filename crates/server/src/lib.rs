@@ -10,7 +10,7 @@
 mod api;
 mod auth;
 mod error;
-mod metrics;
+pub mod metrics;
 mod webhook;
 
 use std::net::SocketAddr;

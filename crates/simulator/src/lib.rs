@@ -72,7 +72,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use hangar_types::Timestamp;
+use hangar_types::{ErrorChain, Timestamp};
 use serde::{Deserialize, Serialize};
 
 pub use state::{Shared, SimJob, SimJobStatus, SimRunner, SimRunnerStatus};
@@ -312,7 +312,7 @@ impl Simulator {
                 let _ = stop_rx.await;
             });
             if let Err(error) = serve.await {
-                tracing::warn!(%error, "simulator server stopped");
+                tracing::warn!(error = %ErrorChain(&error), "simulator server stopped");
             }
         });
         let ticker = tokio::spawn(state::tick_loop(shared.clone()));

@@ -15,6 +15,7 @@
 //! agree on non-ASCII keys; prefix search compares `substr` of that column,
 //! so `%` and `_` in keys are plain characters.
 
+use hangar_types::{CacheEntryId, RepositoryId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -44,7 +45,7 @@ impl CacheEntryState {
 /// A reservation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewCacheEntry {
-    pub repository_id: i64,
+    pub repository_id: RepositoryId,
     pub scope: String,
     pub key: String,
     pub version: String,
@@ -56,8 +57,8 @@ pub struct NewCacheEntry {
 /// One cache entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheEntry {
-    pub id: i64,
-    pub repository_id: i64,
+    pub id: CacheEntryId,
+    pub repository_id: RepositoryId,
     pub scope: String,
     /// As the client sent it (case kept).
     pub key: String,
@@ -78,7 +79,7 @@ pub struct CacheEntry {
 /// Usage of one repository.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CacheRepoStats {
-    pub repository_id: i64,
+    pub repository_id: RepositoryId,
     pub entries: u64,
     pub bytes: u64,
     pub lookups: u64,
@@ -105,8 +106,8 @@ fn i(v: u64) -> i64 {
 fn entry_from(row: &AnyRow) -> Result<CacheEntry, sqlx::Error> {
     let state: String = row.try_get("state")?;
     Ok(CacheEntry {
-        id: row.try_get("id")?,
-        repository_id: row.try_get("repository_id")?,
+        id: CacheEntryId(row.try_get("id")?),
+        repository_id: RepositoryId(row.try_get("repository_id")?),
         scope: row.try_get("scope")?,
         key: row.try_get("cache_key")?,
         version: row.try_get("version")?,
@@ -135,7 +136,7 @@ impl Store {
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
              ON CONFLICT (repository_id, scope, key_norm, version) DO NOTHING RETURNING id",
         )
-        .bind(new.repository_id)
+        .bind(new.repository_id.0)
         .bind(&new.scope)
         .bind(&new.key)
         .bind(cache_key_norm(&new.key))
@@ -149,7 +150,7 @@ impl Store {
         match row {
             None => Ok(None),
             Some(row) => {
-                let id: i64 = row.try_get("id").map_err(StoreError::query(op))?;
+                let id = CacheEntryId(row.try_get("id").map_err(StoreError::query(op))?);
                 self.cache_entry_get(id).await
             }
         }
@@ -165,16 +166,19 @@ impl Store {
         row.as_ref().map(entry_from).transpose().map_err(StoreError::query(op))
     }
 
-    pub async fn cache_entry_get(&self, id: i64) -> Result<Option<CacheEntry>, StoreError> {
+    pub async fn cache_entry_get(
+        &self,
+        id: CacheEntryId,
+    ) -> Result<Option<CacheEntry>, StoreError> {
         let op = "reading a cache entry";
         let sql = format!("SELECT {COLUMNS} FROM cache_entries WHERE id = $1");
-        self.entry_one(op, sqlx::query(&sql).bind(id)).await
+        self.entry_one(op, sqlx::query(&sql).bind(id.0)).await
     }
 
     /// Uploading → Ready. False (and nothing changes) unless it was `Uploading`.
     pub async fn cache_entry_commit(
         &self,
-        id: i64,
+        id: CacheEntryId,
         size: u64,
         manifest: &str,
         now: Millis,
@@ -187,7 +191,7 @@ impl Store {
         .bind(i(size))
         .bind(manifest)
         .bind(now)
-        .bind(id)
+        .bind(id.0)
         .bind(CacheEntryState::Uploading.as_str())
         .execute(self.pool())
         .await
@@ -198,7 +202,7 @@ impl Store {
     /// The entry with exactly this identity, in any state.
     pub async fn cache_entry_find_exact(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         key: &str,
         version: &str,
@@ -211,7 +215,7 @@ impl Store {
         self.entry_one(
             op,
             sqlx::query(&sql)
-                .bind(repository_id)
+                .bind(repository_id.0)
                 .bind(scope)
                 .bind(cache_key_norm(key))
                 .bind(version),
@@ -222,7 +226,7 @@ impl Store {
     /// The most recently committed `Ready` entry whose key starts with `prefix`.
     pub async fn cache_entry_find_prefix(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         scope: &str,
         prefix: &str,
         version: &str,
@@ -238,7 +242,7 @@ impl Store {
         self.entry_one(
             op,
             sqlx::query(&sql)
-                .bind(repository_id)
+                .bind(repository_id.0)
                 .bind(scope)
                 .bind(version)
                 .bind(CacheEntryState::Ready.as_str())
@@ -253,7 +257,7 @@ impl Store {
     /// `hit` and `bytes` more served.
     pub async fn cache_entry_touch(
         &self,
-        id: i64,
+        id: CacheEntryId,
         now: Millis,
         hit: bool,
         bytes: u64,
@@ -266,7 +270,7 @@ impl Store {
         .bind(now)
         .bind(i64::from(hit))
         .bind(i(bytes))
-        .bind(id)
+        .bind(id.0)
         .execute(self.pool())
         .await
         .map_err(StoreError::query("touching a cache entry"))?;
@@ -274,16 +278,19 @@ impl Store {
     }
 
     /// Deletes an entry, returning it if it existed.
-    pub async fn cache_entry_delete(&self, id: i64) -> Result<Option<CacheEntry>, StoreError> {
+    pub async fn cache_entry_delete(
+        &self,
+        id: CacheEntryId,
+    ) -> Result<Option<CacheEntry>, StoreError> {
         let op = "deleting a cache entry";
         let sql = format!("DELETE FROM cache_entries WHERE id = $1 RETURNING {COLUMNS}");
-        self.entry_one(op, sqlx::query(&sql).bind(id)).await
+        self.entry_one(op, sqlx::query(&sql).bind(id.0)).await
     }
 
     /// All entries (of one repository if given), least recently used first.
     pub async fn cache_entry_list(
         &self,
-        repository_id: Option<i64>,
+        repository_id: Option<RepositoryId>,
     ) -> Result<Vec<CacheEntry>, StoreError> {
         let op = "listing cache entries";
         let rows = match repository_id {
@@ -292,7 +299,7 @@ impl Store {
                     "SELECT {COLUMNS} FROM cache_entries WHERE repository_id = $1 \
                      ORDER BY last_used_at_ms, id"
                 );
-                sqlx::query(&sql).bind(repo).fetch_all(self.pool()).await
+                sqlx::query(&sql).bind(repo.0).fetch_all(self.pool()).await
             }
             None => {
                 let sql =
@@ -307,7 +314,7 @@ impl Store {
     /// Counts one restore lookup of a repository, and whether it hit.
     pub async fn cache_lookup_record(
         &self,
-        repository_id: i64,
+        repository_id: RepositoryId,
         hit: bool,
     ) -> Result<(), StoreError> {
         sqlx::query(
@@ -315,7 +322,7 @@ impl Store {
              ON CONFLICT (repository_id) DO UPDATE SET \
              lookups = cache_repo_stats.lookups + 1, hits = cache_repo_stats.hits + excluded.hits",
         )
-        .bind(repository_id)
+        .bind(repository_id.0)
         .bind(i64::from(hit))
         .execute(self.pool())
         .await
@@ -339,18 +346,18 @@ impl Store {
             .fetch_all(self.pool())
             .await
             .map_err(StoreError::query(op))?;
-        let mut stats = std::collections::BTreeMap::<i64, CacheRepoStats>::new();
+        let mut stats = std::collections::BTreeMap::<RepositoryId, CacheRepoStats>::new();
         let q = StoreError::query(op);
         let mut read = || -> Result<(), sqlx::Error> {
             for row in &entries {
-                let repo: i64 = row.try_get("repository_id")?;
+                let repo = RepositoryId(row.try_get("repository_id")?);
                 let s = stats.entry(repo).or_default();
                 s.entries = u(row.try_get("entries")?);
                 s.bytes = u(row.try_get("bytes")?);
                 s.bytes_served = u(row.try_get("bytes_served")?);
             }
             for row in &lookups {
-                let repo: i64 = row.try_get("repository_id")?;
+                let repo = RepositoryId(row.try_get("repository_id")?);
                 let s = stats.entry(repo).or_default();
                 s.lookups = u(row.try_get("lookups")?);
                 s.hits = u(row.try_get("hits")?);

@@ -7,7 +7,9 @@
 //! two reconcilers (or a reconciler and a stale executor task) can never
 //! overwrite each other; the loser re-reads.
 
-use hangar_types::{JobId, JobRecord, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp};
+use hangar_types::{
+    GitHubRunnerId, JobId, JobRecord, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp,
+};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 
@@ -112,7 +114,7 @@ impl Store {
         .bind(written.state.as_str())
         .bind(written.generation)
         .bind(written.job.map(|j| j.0))
-        .bind(written.github_id)
+        .bind(written.github_id.map(|g| g.0))
         .bind(written.reason.as_deref())
         .bind(written.jit_minted_at.map(to_ms))
         .bind(written.launched_at.map(to_ms))
@@ -378,7 +380,7 @@ fn decode_runner(row: &AnyRow) -> Result<RunnerRecord, StoreError> {
         generation: row.get("generation"),
         for_job: row.get::<Option<i64>, _>("for_job").map(JobId),
         job: row.get::<Option<i64>, _>("job_id").map(JobId),
-        github_id: row.get("github_id"),
+        github_id: row.get::<Option<i64>, _>("github_id").map(GitHubRunnerId),
         reason: row.get("reason"),
         created_at: from_ms(row.get("created_at_ms")),
         jit_minted_at: ms("jit_minted_at_ms"),
@@ -403,7 +405,7 @@ fn insert_query(runner: &RunnerRecord) -> AnyQuery<'_> {
     .bind(runner.generation)
     .bind(runner.for_job.map(|j| j.0))
     .bind(runner.job.map(|j| j.0))
-    .bind(runner.github_id)
+    .bind(runner.github_id.map(|g| g.0))
     .bind(runner.reason.as_deref())
     .bind(to_ms(runner.created_at))
     .bind(runner.jit_minted_at.map(to_ms))

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use chrono::{TimeZone, Utc};
 use hangar_store::{DeliveryOutcome, JobFilter, NewDelivery, Store};
 use hangar_types::{
-    Conclusion, DeliveryId, JobAction, JobEvent, JobFields, JobId, JobState, Labels, RunId,
-    RunnerAssignment, Timestamp,
+    Conclusion, DeliveryId, GitHubRunnerId, JobAction, JobEvent, JobFields, JobId, JobState,
+    Labels, RunId, RunnerAssignment, Timestamp,
 };
 
 /// A place a store lives; dropping it removes what it made.
@@ -103,7 +103,7 @@ fn job_event(job: i64, action: JobAction, delivery: &str, received: i64) -> NewD
     };
     if action >= JobAction::InProgress {
         fields.runner = Some(RunnerAssignment {
-            id: 3,
+            id: GitHubRunnerId(3),
             name: "hangar-linux-0000000000000003".into(),
             group_id: Some(1),
             group_name: Some("Default".into()),
@@ -155,7 +155,7 @@ async fn events_fold_into_one_job(harness: &Harness) {
     let job = store.job_get(JobId(7)).await.unwrap().expect("job stored");
     assert_eq!(job.state, JobState::Completed);
     assert_eq!(job.fields.conclusion, Some(Conclusion::Success));
-    assert_eq!(job.fields.runner.as_ref().map(|r| r.id), Some(3));
+    assert_eq!(job.fields.runner.as_ref().map(|r| r.id), Some(GitHubRunnerId(3)));
     assert_eq!(job.received.queued, Some(at(0)));
     assert_eq!(job.received.completed, Some(at(2)));
     assert_eq!(job.generation, 3);
@@ -268,6 +268,6 @@ async fn concurrent_deliveries_converge(harness: &Harness) {
     for job in 1..=20 {
         let record = store.job_get(JobId(job)).await.unwrap().expect("job");
         assert_eq!(record.state, JobState::Completed, "job {job}");
-        assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(3));
+        assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(GitHubRunnerId(3)));
     }
 }

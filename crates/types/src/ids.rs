@@ -31,6 +31,21 @@ int_id!(
     /// GitHub's `installation.id`, present on deliveries to a GitHub App.
     InstallationId
 );
+int_id!(
+    /// GitHub's numeric id of a self-hosted runner registration (`runner.id`,
+    /// `workflow_job.runner_id`). Not hangar's [`RunnerId`], which is its name.
+    GitHubRunnerId
+);
+int_id!(
+    /// GitHub's `repository.id`; the cache keys entries by it (from the
+    /// job's runtime token).
+    #[derive(Default)]
+    RepositoryId
+);
+int_id!(
+    /// The id the store gives a cache entry when it is reserved.
+    CacheEntryId
+);
 
 /// GitHub's `X-GitHub-Delivery` GUID. A redelivery carries the same value as
 /// the original, which is what makes it the deduplication key.

@@ -40,7 +40,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{DeliveryId, InstallationId, JobId, Labels, RunId, Timestamp};
+use crate::{DeliveryId, GitHubRunnerId, InstallationId, JobId, Labels, RunId, Timestamp};
 
 /// The `action` of a `workflow_job` webhook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -204,8 +204,7 @@ impl fmt::Display for Conclusion {
 /// The runner GitHub assigned a job to (`runner_*` fields of the payload).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunnerAssignment {
-    /// GitHub's numeric runner id.
-    pub id: i64,
+    pub id: GitHubRunnerId,
     pub name: String,
     pub group_id: Option<i64>,
     pub group_name: Option<String>,

@@ -9,16 +9,19 @@ pub mod duration;
 mod ids;
 mod job;
 mod labels;
+mod metric;
 mod runner;
 
 pub use ids::{
-    DeliveryId, InstallationId, JobId, PoolName, RunId, RunnerId, RunnerIdError, Secret,
+    CacheEntryId, DeliveryId, GitHubRunnerId, InstallationId, JobId, PoolName, RepositoryId, RunId,
+    RunnerId, RunnerIdError, Secret,
 };
 pub use job::{
     Conclusion, JobAction, JobEvent, JobFields, JobRecord, JobState, Merge, Report, Reports,
     RunnerAssignment, StateTimes,
 };
 pub use labels::Labels;
+pub use metric::{Metric, MetricKind, MetricUnit};
 pub use runner::{RunnerRecord, RunnerState};
 
 /// All timestamps in hangar are UTC.

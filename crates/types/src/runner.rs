@@ -38,7 +38,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{JobId, PoolName, RunnerId, Timestamp};
+use crate::{GitHubRunnerId, JobId, PoolName, RunnerId, Timestamp};
 
 /// Where a runner is in its lifecycle. See the module docs for the graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -122,7 +122,7 @@ pub struct RunnerRecord {
     /// The job GitHub actually gave it (may differ from `for_job`: stolen).
     pub job: Option<JobId>,
     /// GitHub's numeric id of the registration, once minted.
-    pub github_id: Option<i64>,
+    pub github_id: Option<GitHubRunnerId>,
     /// Why it is draining or gone (shown by the API and CLI).
     pub reason: Option<String>,
     /// When the runner was decided (its id generated and persisted).

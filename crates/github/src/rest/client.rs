@@ -29,7 +29,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use chrono::Utc;
-use hangar_types::{JobId, Secret, Timestamp};
+use hangar_types::{ErrorChain, GitHubRunnerId, InstallationId, JobId, Secret, Timestamp};
 use rand::Rng;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
@@ -57,7 +57,7 @@ pub enum Auth {
 pub struct AppCredentials {
     /// The JWT `iss`: the App's client id (`Iv1.…`) or numeric App id.
     pub app_id: String,
-    pub installation_id: i64,
+    pub installation_id: InstallationId,
     /// The App's private key, PEM (PKCS#1 as GitHub issues it, or PKCS#8).
     pub private_key_pem: Secret,
 }
@@ -338,8 +338,8 @@ impl RestClient {
         }
         #[allow(clippy::cast_precision_loss)]
         if let (Some(limit), Some(remaining)) = (budget.limit, budget.remaining) {
-            metrics::gauge!("hangar_github_rate_limit_remaining").set(remaining as f64);
-            metrics::gauge!("hangar_github_rate_limit_limit").set(limit as f64);
+            metrics::gauge!(crate::metrics::GITHUB_RATE_LIMIT_REMAINING).set(remaining as f64);
+            metrics::gauge!(crate::metrics::GITHUB_RATE_LIMIT_LIMIT).set(limit as f64);
         }
     }
 
@@ -440,10 +440,10 @@ impl RestClient {
             let response = match request.send().await {
                 Ok(response) => response,
                 Err(source) => {
-                    metrics::counter!("hangar_github_requests_total", "op" => call.op, "status" => "error")
+                    metrics::counter!(crate::metrics::GITHUB_REQUESTS, "op" => call.op, "status" => "error")
                         .increment(1);
                     if call.idempotent && attempt < self.config.max_retries {
-                        tracing::debug!(%method, path = %call.path, error = %source, attempt, "github call failed, retrying");
+                        tracing::debug!(%method, path = %call.path, error = %ErrorChain(&source), attempt, "github call failed, retrying");
                         tokio::time::sleep(self.backoff(attempt)).await;
                         attempt += 1;
                         continue;
@@ -452,7 +452,7 @@ impl RestClient {
                 }
             };
             let status = response.status();
-            metrics::counter!("hangar_github_requests_total", "op" => call.op, "status" => status.as_str().to_owned())
+            metrics::counter!(crate::metrics::GITHUB_REQUESTS, "op" => call.op, "status" => status.as_str().to_owned())
                 .increment(1);
             self.budget_update(response.headers());
             if status == StatusCode::UNAUTHORIZED
@@ -648,7 +648,7 @@ impl RestClient {
         .await
     }
 
-    fn installation_id(&self) -> Option<i64> {
+    fn installation_id(&self) -> Option<InstallationId> {
         self.app().map(|app| app.installation_id)
     }
 }
@@ -710,7 +710,7 @@ impl GitHubApi for RestClient {
         let created: wire::JitResponse = self.decode(&call, response).await?;
         tracing::info!(runner_name = %created.runner.name, github_runner_id = created.runner.id, scope = %scope, "jit runner minted");
         Ok(JitConfig {
-            github_runner_id: created.runner.id,
+            github_runner_id: GitHubRunnerId(created.runner.id),
             name: created.runner.name,
             encoded: Secret::new(created.encoded_jit_config),
         })
@@ -733,7 +733,7 @@ impl GitHubApi for RestClient {
     async fn runner_get(
         &self,
         scope: &RunnerScope,
-        id: i64,
+        id: GitHubRunnerId,
     ) -> Result<Option<GitHubRunner>, GitHubError> {
         let call = self.call(
             "runner_get",
@@ -753,7 +753,7 @@ impl GitHubApi for RestClient {
     async fn runner_delete(
         &self,
         scope: &RunnerScope,
-        id: i64,
+        id: GitHubRunnerId,
     ) -> Result<RunnerDeletion, GitHubError> {
         let call = self.call(
             "runner_delete",

@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use hangar_types::Secret;
+use hangar_types::{InstallationId, Secret};
 use serde::Deserialize;
 
 use super::{AppCredentials, Auth, ClientConfig};
@@ -122,7 +122,7 @@ impl GitHubConfig {
                 }
                 Auth::App(AppCredentials {
                     app_id: app_id.trim().to_owned(),
-                    installation_id,
+                    installation_id: InstallationId(installation_id),
                     private_key_pem: Secret::new(pem),
                 })
             }
@@ -206,7 +206,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(
-            matches!(client.auth, Auth::App(ref app) if app.installation_id == 42 && app.app_id == "Iv1.abc")
+            matches!(client.auth, Auth::App(ref app) if app.installation_id == InstallationId(42) && app.app_id == "Iv1.abc")
         );
         assert!((client.poll_reserve_fraction - 0.25).abs() < f64::EPSILON);
         let garbage = config

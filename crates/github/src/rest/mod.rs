@@ -26,7 +26,10 @@ mod config;
 mod error;
 mod wire;
 
-use hangar_types::{DeliveryId, JobFields, JobId, JobState, Labels, Secret, Timestamp};
+use hangar_types::{
+    DeliveryId, GitHubRunnerId, InstallationId, JobFields, JobId, JobState, Labels, RepositoryId,
+    Secret, Timestamp,
+};
 use serde::{Deserialize, Serialize};
 
 pub use client::{API_VERSION, AppCredentials, Auth, ClientConfig, RestClient};
@@ -108,7 +111,7 @@ pub struct JitConfigRequest {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JitConfig {
     /// GitHub's numeric id of the registration the call created.
-    pub github_runner_id: i64,
+    pub github_runner_id: GitHubRunnerId,
     pub name: String,
     /// `encoded_jit_config`, for `run.sh --jitconfig`. Never logged.
     pub encoded: Secret,
@@ -127,7 +130,7 @@ pub enum RunnerStatus {
 /// [`GitHubApi::runner_get`] before anything destructive.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GitHubRunner {
-    pub id: i64,
+    pub id: GitHubRunnerId,
     pub name: String,
     pub os: String,
     pub status: RunnerStatus,
@@ -183,8 +186,8 @@ pub struct HookDelivery {
     pub status: String,
     pub event: String,
     pub action: Option<String>,
-    pub installation_id: Option<i64>,
-    pub repository_id: Option<i64>,
+    pub installation_id: Option<InstallationId>,
+    pub repository_id: Option<RepositoryId>,
 }
 
 impl HookDelivery {
@@ -247,14 +250,14 @@ pub trait GitHubApi: Send + Sync + std::fmt::Debug {
     async fn runner_get(
         &self,
         scope: &RunnerScope,
-        id: i64,
+        id: GitHubRunnerId,
     ) -> Result<Option<GitHubRunner>, GitHubError>;
 
     /// Removes a registration: 204 Deleted, 422 Busy, 404 Gone. Essential.
     async fn runner_delete(
         &self,
         scope: &RunnerScope,
-        id: i64,
+        id: GitHubRunnerId,
     ) -> Result<RunnerDeletion, GitHubError>;
 
     /// The organization's runner groups (all pages). Poll priority.

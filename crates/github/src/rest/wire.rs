@@ -3,8 +3,8 @@
 //! a decode error naming the call.
 
 use hangar_types::{
-    Conclusion, DeliveryId, InstallationId, JobFields, JobId, JobState, Labels, RunId,
-    RunnerAssignment, Timestamp,
+    Conclusion, DeliveryId, GitHubRunnerId, InstallationId, JobFields, JobId, JobState, Labels,
+    RepositoryId, RunId, RunnerAssignment, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +50,7 @@ pub(crate) struct WireRunner {
 impl From<WireRunner> for GitHubRunner {
     fn from(w: WireRunner) -> GitHubRunner {
         GitHubRunner {
-            id: w.id,
+            id: GitHubRunnerId(w.id),
             name: w.name,
             os: w.os,
             status: if w.status == "online" { RunnerStatus::Online } else { RunnerStatus::Offline },
@@ -139,11 +139,11 @@ impl WireJob {
         job_state(&self.status)
     }
 
-    pub(crate) fn into_job(self, repo: &str, installation: Option<i64>) -> GitHubJob {
+    pub(crate) fn into_job(self, repo: &str, installation: Option<InstallationId>) -> GitHubJob {
         let state = self.state();
         let runner = match (self.runner_id, self.runner_name) {
             (Some(id), Some(name)) if id > 0 && !name.is_empty() => Some(RunnerAssignment {
-                id,
+                id: GitHubRunnerId(id),
                 name,
                 group_id: self.runner_group_id,
                 group_name: self.runner_group_name,
@@ -158,7 +158,7 @@ impl WireJob {
                 run_attempt: self.run_attempt.unwrap_or(1),
                 repository: repo.to_owned(),
                 organization: repo.split_once('/').map(|(owner, _)| owner.to_owned()),
-                installation_id: installation.map(InstallationId),
+                installation_id: installation,
                 workflow_name: self.workflow_name,
                 job_name: self.name,
                 labels: Labels::new(self.labels),
@@ -240,8 +240,8 @@ impl From<WireDelivery> for HookDelivery {
             status: w.status,
             event: w.event,
             action: w.action,
-            installation_id: w.installation_id,
-            repository_id: w.repository_id,
+            installation_id: w.installation_id.map(InstallationId),
+            repository_id: w.repository_id.map(RepositoryId),
         }
     }
 }

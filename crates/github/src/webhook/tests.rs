@@ -1,6 +1,6 @@
 use std::path::PathBuf;
 
-use hangar_types::JobState;
+use hangar_types::{GitHubRunnerId, JobState};
 
 use super::*;
 
@@ -102,7 +102,7 @@ fn fields_come_through_from_a_real_payload() {
     assert_eq!(event.job.run_id, RunId(5_373_506_832));
     assert_eq!(event.job.job_name, "Do examples need to be regenerated?");
     assert_eq!(event.job.head_branch.as_deref(), Some("renovate/got-13.x"));
-    assert_eq!(event.job.runner.as_ref().map(|r| r.id), Some(6));
+    assert_eq!(event.job.runner.as_ref().map(|r| r.id), Some(GitHubRunnerId(6)));
     assert_eq!(event.received_at, now());
 }
 

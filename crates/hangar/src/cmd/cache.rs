@@ -74,7 +74,11 @@ fn when(ms: i64) -> String {
 }
 
 async fn ls(cache: &CacheService, repo: Option<i64>) -> Result<()> {
-    let entries = cache.index().entry_list(repo).await.context("listing cache entries")?;
+    let entries = cache
+        .index()
+        .entry_list(repo.map(hangar_types::RepositoryId))
+        .await
+        .context("listing cache entries")?;
     let mut table = Table::new();
     table.set_header(["id", "repo", "scope", "key", "state", "bytes", "last used", "hits"]);
     for e in &entries {
@@ -95,7 +99,12 @@ async fn ls(cache: &CacheService, repo: Option<i64>) -> Result<()> {
 
 async fn rm(cache: &CacheService, ids: &[i64]) -> Result<()> {
     for id in ids {
-        match cache.index().entry_get(*id).await.context("reading a cache entry")? {
+        match cache
+            .index()
+            .entry_get(hangar_types::CacheEntryId(*id))
+            .await
+            .context("reading a cache entry")?
+        {
             Some(entry) => {
                 cache.entry_remove(&entry).await.with_context(|| format!("removing entry {id}"))?;
                 println!("removed {id} ({} in repository {})", entry.key, entry.repository_id);

@@ -152,9 +152,9 @@ pub(crate) async fn view(args: ViewArgs) -> Result<()> {
         for r in &lifecycle.runners {
             let ran = r.job.map(|j| j.to_string()).unwrap_or_default();
             runners.add_row([
-                r.id.clone(),
-                r.pool.clone(),
-                r.state.clone(),
+                r.id.to_string(),
+                r.pool.to_string(),
+                r.state.to_string(),
                 ran,
                 r.reason.clone().unwrap_or_default(),
             ]);
@@ -170,7 +170,7 @@ pub(crate) async fn view(args: ViewArgs) -> Result<()> {
             time(Some(entry.received_at)),
             entry.event.clone(),
             entry.action.clone().unwrap_or_default(),
-            entry.delivery_id.clone(),
+            entry.delivery_id.to_string(),
         ]);
     }
     println!("{timeline}");

@@ -33,7 +33,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let overrides = Overrides { listen: args.listen, data_dir: args.data_dir };
     let config = hangar::config::load(path.as_deref(), &hangar::config::process_env, overrides)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    hangar::app::metrics_describe();
+    hangar::metrics::describe_all();
     let app = App::build(&config, hangar::Parts::default()).await?;
     app.start();
 

@@ -223,8 +223,8 @@ struct World {
     created: u64,
 }
 
-fn github_id(n: u64) -> i64 {
-    100 + n.cast_signed()
+fn github_id(n: u64) -> hangar_types::GitHubRunnerId {
+    hangar_types::GitHubRunnerId(100 + n.cast_signed())
 }
 
 fn build(draw: &Draw) -> (Vec<PoolConfig>, World) {
@@ -513,7 +513,11 @@ impl World {
     }
 
     /// Deletes a registration; `false` when GitHub refuses (422: busy).
-    fn registration_remove(&mut self, github_id: Option<i64>, name: &str) -> bool {
+    fn registration_remove(
+        &mut self,
+        github_id: Option<hangar_types::GitHubRunnerId>,
+        name: &str,
+    ) -> bool {
         let found = self.registrations.iter().position(|r| match github_id {
             Some(id) => r.github_id == id,
             None => r.name == name,

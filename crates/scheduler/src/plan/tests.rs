@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use chrono::TimeZone;
 use hangar_provider::{Instance, InstanceState};
+use hangar_types::GitHubRunnerId;
 use hangar_types::{
     JobId, JobState, Labels, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp,
 };
@@ -317,22 +318,36 @@ fn orphans_are_destroyed_but_busy_registrations_are_left() {
         ],
     );
     w.registrations = Some(vec![
-        Registration { github_id: 1, name: rid("linux", 1).to_string(), busy: false },
-        Registration { github_id: 8, name: rid("linux", 8).to_string(), busy: false },
-        Registration { github_id: 10, name: rid("linux", 10).to_string(), busy: true },
-        Registration { github_id: 11, name: "someone else's runner".into(), busy: false },
+        Registration {
+            github_id: GitHubRunnerId(1),
+            name: rid("linux", 1).to_string(),
+            busy: false,
+        },
+        Registration {
+            github_id: GitHubRunnerId(8),
+            name: rid("linux", 8).to_string(),
+            busy: false,
+        },
+        Registration {
+            github_id: GitHubRunnerId(10),
+            name: rid("linux", 10).to_string(),
+            busy: true,
+        },
+        Registration {
+            github_id: GitHubRunnerId(11),
+            name: "someone else's runner".into(),
+            busy: false,
+        },
     ]);
     let actions = plan(&config(), &pools(), &w);
     assert!(actions.contains(&Action::InstanceDestroy {
         pool: PoolName("linux".into()),
         runner: rid("linux", 9)
     }));
-    assert!(
-        actions.contains(&Action::RegistrationDelete {
-            github_id: 8,
-            name: rid("linux", 8).to_string()
-        })
-    );
+    assert!(actions.contains(&Action::RegistrationDelete {
+        github_id: GitHubRunnerId(8),
+        name: rid("linux", 8).to_string()
+    }));
     assert_eq!(
         actions.iter().filter(|a| matches!(a, Action::RegistrationDelete { .. })).count(),
         1
@@ -348,8 +363,11 @@ fn leftovers_of_a_runner_in_flight_are_not_orphans() {
     w.in_flight.insert(rid("linux", 1));
     w.instances
         .insert(PoolName("linux".into()), vec![instance("linux", 1, InstanceState::Running)]);
-    w.registrations =
-        Some(vec![Registration { github_id: 1, name: rid("linux", 1).to_string(), busy: false }]);
+    w.registrations = Some(vec![Registration {
+        github_id: GitHubRunnerId(1),
+        name: rid("linux", 1).to_string(),
+        busy: false,
+    }]);
     let actions = plan(&config(), &pools(), &w);
     assert_eq!(actions, vec![]);
 }
@@ -466,7 +484,7 @@ fn runners_and_orphans_github_lists_as_busy_are_not_torn_down() {
     w.registrations = Some(
         [1u64, 2, 3, 9]
             .map(|n| Registration {
-                github_id: n.cast_signed(),
+                github_id: GitHubRunnerId(n.cast_signed()),
                 name: rid("linux", n).to_string(),
                 busy: true,
             })

@@ -114,7 +114,7 @@ impl World {
         let auth = match &app {
             Some(key) => Auth::App(hangar_github::AppCredentials {
                 app_id: "123".into(),
-                installation_id: 4242,
+                installation_id: hangar_types::InstallationId(4242),
                 private_key_pem: Secret::new(key.private_pem.clone()),
             }),
             None => Auth::Token(Secret::new(SimConfig::DEFAULT_PAT)),

@@ -1,7 +1,9 @@
 //! Runner rows, their events and the scheduler's job notes, on every backend.
 
 use hangar_store::StoreError;
-use hangar_types::{JobAction, JobId, PoolName, RunnerId, RunnerRecord, RunnerState};
+use hangar_types::{
+    GitHubRunnerId, JobAction, JobId, PoolName, RunnerId, RunnerRecord, RunnerState,
+};
 
 use super::{Harness, at, job_event, open};
 
@@ -21,7 +23,7 @@ pub(super) async fn runner_writes_follow_the_state_machine_and_generations(harne
 
     let mut registered = planned.clone();
     registered.state = RunnerState::Registered;
-    registered.github_id = Some(42);
+    registered.github_id = Some(GitHubRunnerId(42));
     registered.jit_minted_at = Some(at(2));
     let written = store.runner_write(&planned, &registered, None).await.unwrap().expect("applies");
     assert_eq!(written.generation, 2);
@@ -47,7 +49,7 @@ pub(super) async fn runner_writes_follow_the_state_machine_and_generations(harne
     let stored = store.runner_get(&planned.id).await.unwrap().unwrap();
     assert_eq!(
         (stored.state, stored.generation, stored.github_id),
-        (RunnerState::Gone, 4, Some(42))
+        (RunnerState::Gone, 4, Some(GitHubRunnerId(42)))
     );
     let kinds: Vec<String> =
         store.runner_event_list(&planned.id).await.unwrap().into_iter().map(|e| e.kind).collect();

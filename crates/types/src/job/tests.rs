@@ -54,7 +54,7 @@ pub(crate) fn lifecycle(job: i64, waits: bool, cancelled_before_assignment: bool
         return events;
     }
     let runner = RunnerAssignment {
-        id: 7,
+        id: GitHubRunnerId(7),
         name: format!("hangar-linux-{job:016x}"),
         group_id: Some(1),
         group_name: Some("Default".into()),
@@ -121,7 +121,7 @@ fn a_completed_with_no_earlier_event_creates_a_completed_job() {
     };
     assert_eq!(record.state, JobState::Completed);
     assert_eq!(record.fields.conclusion, Some(Conclusion::Success));
-    assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(7));
+    assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(GitHubRunnerId(7)));
     assert_eq!(record.generation, 1);
 }
 
@@ -131,9 +131,9 @@ fn a_runnerless_completed_keeps_the_runner_in_progress_named() {
     let mut completed = events[2].clone();
     completed.job.runner = None;
     let record = fold([&events[1], &completed]).expect("record");
-    assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(7));
+    assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(GitHubRunnerId(7)));
     let record = fold([&completed, &events[1]]).expect("record");
-    assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(7));
+    assert_eq!(record.fields.runner.as_ref().map(|r| r.id), Some(GitHubRunnerId(7)));
 }
 
 #[test]
