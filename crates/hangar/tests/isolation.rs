@@ -28,17 +28,7 @@ fn serve(dir: &Path, sim: &SimHandle, provider: &str) -> Serve {
     std::fs::write(
         &config,
         format!(
-            r#"
-[webhook]
-secret = "{secret}"
-[github]
-api_url = "{api}"
-token = "{token}"
-repositories = ["octo-org/app"]
-[scheduler]
-runner_scope = "octo-org"
-reconcile_interval = "200ms"
-github_sync_interval = "500ms"
+            r#"{github}
 [[pools]]
 name = "linux"
 labels = ["linux"]
@@ -46,9 +36,8 @@ max_runners = 2
 idle_timeout = "2s"
 {provider}
 "#,
-            secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
-            api = sim.api_url(),
-            token = SimConfig::DEFAULT_PAT,
+            github =
+                sim.hangar_toml("reconcile_interval = \"200ms\"\ngithub_sync_interval = \"500ms\""),
         ),
     )
     .expect("config written");

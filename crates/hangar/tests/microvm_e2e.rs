@@ -151,20 +151,7 @@ async fn a_webhook_job_runs_in_a_microvm_and_everything_it_made_is_gone() {
     std::fs::write(
         &config,
         format!(
-            r#"
-[webhook]
-secret = "{secret}"
-
-[github]
-api_url = "{api}"
-token = "{token}"
-repositories = ["octo-org/app"]
-
-[scheduler]
-runner_scope = "octo-org"
-reconcile_interval = "500ms"
-github_sync_interval = "2s"
-pickup_deadline = "280s"
+            r#"{github}
 
 [[pools]]
 name = "mvm-e2e"
@@ -181,9 +168,9 @@ memory_mib = 512
 boot_timeout = "200s"
 network = {{ mode = "nat", subnet = "172.30.0.0/16", dns = "127.0.0.1", allow = ["{sim_ip}/32"] }}
 "#,
-            secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
-            api = sim.api_url(),
-            token = SimConfig::DEFAULT_PAT,
+            github = sim.hangar_toml(
+                "reconcile_interval = \"500ms\"\ngithub_sync_interval = \"2s\"\npickup_deadline = \"280s\""
+            ),
             kernel = env.kernel.display(),
             rootfs = env.rootfs.display(),
             qemu = env.qemu.display(),

@@ -45,20 +45,7 @@ fn config_write(dir: &Path, sim: &hangar_simulator::SimHandle) -> std::path::Pat
     std::fs::write(
         &config,
         format!(
-            r#"
-[webhook]
-secret = "{secret}"
-
-[github]
-api_url = "{api}"
-token = "{token}"
-repositories = ["octo-org/app"]
-
-[scheduler]
-runner_scope = "octo-org"
-reconcile_interval = "200ms"
-github_sync_interval = "500ms"
-pickup_deadline = "20s"
+            r#"{github}
 
 [[pools]]
 name = "linux"
@@ -68,10 +55,10 @@ idle_timeout = "5s"
 [pools.provider.process]
 command = "{runner}"
 "#,
-            secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
-            api = sim.api_url(),
-            token = SimConfig::DEFAULT_PAT,
             runner = runner.display(),
+            github = sim.hangar_toml(
+                "reconcile_interval = \"200ms\"\ngithub_sync_interval = \"500ms\"\npickup_deadline = \"20s\""
+            ),
         ),
     )
     .expect("config written");
@@ -87,6 +74,23 @@ fn burst(sim: &hangar_simulator::SimHandle, n: usize) -> Vec<i64> {
             )
         })
         .collect()
+}
+
+/// Every job of the burst completes, then no registration and no runner
+/// process is left.
+async fn burst_finishes(sim: &hangar_simulator::SimHandle, jobs: &[i64], data: &Path) {
+    hangar_test_harness::wait_for("every job completed", Duration::from_secs(180), || async {
+        jobs.iter()
+            .all(|&j| sim.job(j).is_some_and(|job| job.status == SimJobStatus::Completed))
+            .then_some(())
+    })
+    .await;
+    let runners_dir = data.join("runners").join("linux");
+    hangar_test_harness::wait_for("nothing left", Duration::from_secs(90), || async {
+        let instances = std::fs::read_dir(&runners_dir).map(|d| d.count()).unwrap_or(0);
+        (sim.counters().registrations_alive == 0 && instances == 0).then_some(())
+    })
+    .await;
 }
 
 async fn simulator() -> hangar_simulator::SimHandle {
@@ -116,18 +120,7 @@ async fn kill_9_mid_burst_then_restart_completes_every_job_and_leaks_nothing() {
 
     let (mut second, url) = hangar_start(&config, &data);
     sim.webhook_url_set(Some(format!("{url}/webhook")));
-    hangar_test_harness::wait_for("every job completed", Duration::from_secs(180), || async {
-        jobs.iter()
-            .all(|&j| sim.job(j).is_some_and(|job| job.status == SimJobStatus::Completed))
-            .then_some(())
-    })
-    .await;
-    let runners_dir = data.join("runners").join("linux");
-    hangar_test_harness::wait_for("nothing left", Duration::from_secs(90), || async {
-        let instances = std::fs::read_dir(&runners_dir).map(|d| d.count()).unwrap_or(0);
-        (sim.counters().registrations_alive == 0 && instances == 0).then_some(())
-    })
-    .await;
+    burst_finishes(&sim, &jobs, &data).await;
     second.kill().expect("stop hangar");
     second.wait().expect("reaped");
 }
@@ -203,18 +196,7 @@ async fn sigterm_mid_burst_stops_in_order_and_the_restart_finds_nothing_to_repai
     let second_log = dir.path().join("second.log");
     let (mut second, url) = hangar_start_logged(&config, &data, Some(&second_log));
     sim.webhook_url_set(Some(format!("{url}/webhook")));
-    hangar_test_harness::wait_for("every job completed", Duration::from_secs(180), || async {
-        jobs.iter()
-            .all(|&j| sim.job(j).is_some_and(|job| job.status == SimJobStatus::Completed))
-            .then_some(())
-    })
-    .await;
-    let runners_dir = data.join("runners").join("linux");
-    hangar_test_harness::wait_for("nothing left", Duration::from_secs(90), || async {
-        let instances = std::fs::read_dir(&runners_dir).map(|d| d.count()).unwrap_or(0);
-        (sim.counters().registrations_alive == 0 && instances == 0).then_some(())
-    })
-    .await;
+    burst_finishes(&sim, &jobs, &data).await;
     let pid = nix::unistd::Pid::from_raw(i32::try_from(second.id()).expect("pid fits"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     assert!(second.wait().expect("reaped").success());

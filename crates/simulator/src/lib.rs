@@ -340,6 +340,21 @@ impl SimHandle {
         format!("http://{}", self.addr)
     }
 
+    /// The `[webhook]` and `[github]` sections of a `hangar.toml` that talks
+    /// to this simulator (its webhook secret, its API, its token, the
+    /// repository `octo-org/app`), with `[scheduler] runner_scope =
+    /// "octo-org"` and the given scheduler keys, for tests, the demo and
+    /// benchmarks.
+    pub fn hangar_toml(&self, scheduler: &str) -> String {
+        format!(
+            "[webhook]\nsecret = \"{secret}\"\n[github]\napi_url = \"{api}\"\ntoken = \"{token}\"\n\
+             repositories = [\"octo-org/app\"]\n[scheduler]\nrunner_scope = \"octo-org\"\n{scheduler}\n",
+            secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
+            api = self.api_url(),
+            token = SimConfig::DEFAULT_PAT,
+        )
+    }
+
     /// Queues a job: sends `queued` (unless the spec says no webhooks) and
     /// hands it to a matching idle runner when there is one. Call it from
     /// within a Tokio runtime (webhooks are sent by spawned tasks).

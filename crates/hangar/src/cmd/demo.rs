@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use hangar::config::Overrides;
-use hangar_simulator::{JobSpec, SimConfig, SimJobStatus, Simulator};
+use hangar_simulator::{JobSpec, SimConfig, SimHandle, SimJobStatus, Simulator};
 use hangar_store::Store;
 use hangar_types::{JobId, PoolName, Timestamp};
 
@@ -40,21 +40,10 @@ const REPO: &str = "octo-org/app";
 /// The demo's configuration: one pool that asks for local processes
 /// explicitly (the demo's runners are stand-ins that only talk to the
 /// simulator), short timers.
-fn demo_config(github: &str, runner: &std::path::Path, args: &[&str]) -> String {
+fn demo_config(sim: &SimHandle, runner: &std::path::Path, args: &[&str]) -> String {
     let args: Vec<String> = args.iter().map(|a| format!("{a:?}")).collect();
     format!(
-        r#"
-[webhook]
-secret = "{secret}"
-[github]
-api_url = "{github}"
-token = "{token}"
-repositories = ["{REPO}"]
-[scheduler]
-runner_scope = "octo-org"
-reconcile_interval = "500ms"
-github_sync_interval = "2s"
-pickup_deadline = "30s"
+        r#"{github}
 [[pools]]
 name = "demo"
 labels = ["linux"]
@@ -66,8 +55,9 @@ args = [{args}]
 [cache]
 enabled = false
 "#,
-        secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
-        token = SimConfig::DEFAULT_PAT,
+        github = sim.hangar_toml(
+            "reconcile_interval = \"500ms\"\ngithub_sync_interval = \"2s\"\npickup_deadline = \"30s\""
+        ),
         runner = runner.display().to_string(),
         args = args.join(", "),
     )
@@ -90,7 +80,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     .await
     .context("starting the GitHub simulator")?;
     let overrides = Overrides { listen: Some(intake), data_dir: Some(dir.path().to_owned()) };
-    let text = demo_config(&sim.api_url(), &runner, &runner_args);
+    let text = demo_config(&sim, &runner, &runner_args);
     let config = hangar::config::load_text("demo.toml", &text, &hangar::config::no_env, overrides)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let app = Arc::new(hangar::App::build(&config, hangar::Parts::default()).await?);

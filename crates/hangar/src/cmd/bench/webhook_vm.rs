@@ -40,17 +40,7 @@ pub(super) async fn measure(
     let dir = tempfile::Builder::new().prefix("hgb").tempdir_in("/tmp")?;
     let initrd_line = initrd.map(|p| format!("initrd = \"{}\"\n", p.display())).unwrap_or_default();
     let text = format!(
-        r#"
-[webhook]
-secret = "{secret}"
-[github]
-api_url = "{api}"
-token = "{token}"
-repositories = ["octo-org/app"]
-[scheduler]
-runner_scope = "octo-org"
-reconcile_interval = "1s"
-github_sync_interval = "5s"
+        r#"{github}
 [[pools]]
 name = "bench"
 labels = ["linux", "bench"]
@@ -65,9 +55,7 @@ memory_mib = 512
 min_hot = 1
 network = {{ mode = "nat", subnet = "172.31.0.0/16", dns = "127.0.0.1", allow = ["{sim_ip}/32"] }}
 "#,
-        secret = SimConfig::DEFAULT_WEBHOOK_SECRET,
-        api = sim.api_url(),
-        token = SimConfig::DEFAULT_PAT,
+        github = sim.hangar_toml("reconcile_interval = \"1s\"\ngithub_sync_interval = \"5s\""),
         kernel = kernel.display(),
         rootfs = rootfs.display(),
         qemu = qemu.display(),
