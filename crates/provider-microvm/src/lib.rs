@@ -155,6 +155,9 @@ pub struct MicrovmProvider {
 /// A backing file as an overlay sees it: path, format, size, mtime.
 type OverlayKey = (PathBuf, &'static str, u64, Option<std::time::SystemTime>);
 
+/// How long `shutdown` waits for the supervisors it cancelled.
+const SUPERVISORS_STOP: Duration = Duration::from_secs(10);
+
 #[derive(Debug)]
 struct Inner {
     pool: PoolName,
@@ -179,6 +182,11 @@ struct Inner {
     /// Set by `shutdown`: the refill task stops booting and ends.
     closed: std::sync::atomic::AtomicBool,
     refill_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The per-VM supervisors and refill hand-offs; `shutdown` ends them
+    /// and waits (a runner VM keeps running: it is the record on disk, and
+    /// the next start adopts it).
+    tasks: tokio_util::task::TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +261,8 @@ impl MicrovmProvider {
             snapshot: tokio::sync::Mutex::new(None),
             closed: std::sync::atomic::AtomicBool::new(false),
             refill_task: Mutex::new(None),
+            tasks: tokio_util::task::TaskTracker::new(),
+            stop: tokio_util::sync::CancellationToken::new(),
         });
         inner.reap_unassigned().await;
         if inner.config.min_hot > 0 {
@@ -326,6 +336,11 @@ impl MicrovmProvider {
             && self.inner.disk_vms().is_empty()
         {
             network.firewall_remove();
+        }
+        self.inner.stop.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(SUPERVISORS_STOP, self.inner.tasks.wait()).await.is_err() {
+            tracing::warn!(pool = %self.inner.pool, "VM supervisors still running after the stop");
         }
     }
 
@@ -608,7 +623,15 @@ impl Inner {
             let _ = vm.to_guest.send(HostMessage::Ping);
         }
         let boot_timeout = self.config.boot_timeout;
-        tokio::spawn(supervise(Arc::clone(&vm), listener, child, from_host, boot_timeout, permit));
+        let supervisor =
+            supervise(Arc::clone(&vm), listener, child, from_host, boot_timeout, permit);
+        let stop = self.stop.clone();
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = supervisor => {}
+            }
+        });
         Ok(vm)
     }
 
@@ -950,7 +973,7 @@ fn refill_after_dispatch(inner: &Arc<Inner>, vm: &Arc<Vm>) {
     let weak = Arc::downgrade(inner);
     let dispatching = Arc::clone(&inner.dispatching);
     let mut state = vm.state.subscribe();
-    tokio::spawn(async move {
+    inner.tasks.spawn(async move {
         let started = state.wait_for(|s| !matches!(s, VmState::Idle | VmState::Assigned));
         let _ = tokio::time::timeout(REFILL_HOLD, started).await;
         dispatching.fetch_sub(1, Ordering::SeqCst);
