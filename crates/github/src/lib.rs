@@ -18,7 +18,7 @@ pub mod webhook;
 pub use rest::{
     API_VERSION, AppCredentials, Auth, CallPriority, ClientConfig, ENV_GITHUB_APP_PRIVATE_KEY,
     ENV_GITHUB_TOKEN, GitHubApi, GitHubConfig, GitHubConfigError, GitHubError, GitHubJob,
-    GitHubRunner, HookDelivery, JitConfig, JitConfigRequest, RateBudget, RestClient,
+    GitHubRunner, HookDelivery, JitConfig, JitConfigRequest, MAX_PAGES, RateBudget, RestClient,
     RunnerDeletion, RunnerGroup, RunnerScope, RunnerStatus,
 };
 pub use webhook::{

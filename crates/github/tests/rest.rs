@@ -497,3 +497,52 @@ async fn two_hundred_runners_take_two_hundred_jobs_and_leave_nothing() {
     assert_eq!(counters.api_calls["POST /orgs/{org}/actions/runners/generate-jitconfig"], 200);
     eprintln!("200 jobs through 200 JIT runners in {:?}", started.elapsed());
 }
+
+/// A hostile (or broken) API that answers every runner list with an empty
+/// page whose `Link: rel="next"` is `next(own_origin)`; returns its URL
+/// and how many pages it served.
+async fn linking_api(next: fn(&str) -> String) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+    use axum::response::IntoResponse;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!("http://{}", listener.local_addr().unwrap());
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let link = format!("<{}>; rel=\"next\"", next(&origin));
+    let counter = served.clone();
+    let app = axum::Router::new().fallback(move || {
+        let link = link.clone();
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        async move {
+            ([("link", link)], axum::Json(serde_json::json!({"total_count": 0, "runners": []})))
+                .into_response()
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (origin, served)
+}
+
+#[tokio::test]
+async fn next_page_links_to_another_origin_are_refused() {
+    // `http://127.0.0.1:PORT@127.0.0.2:PORT` starts with the API's origin
+    // but is another host (the part before `@` is a user name): a
+    // string-prefix check would send the token there.
+    let (api, served) = linking_api(|origin| {
+        let port = origin.rsplit(':').next().unwrap();
+        format!("{origin}@127.0.0.2:{port}/orgs/octo-org/actions/runners")
+    })
+    .await;
+    let gh = RestClient::new(ClientConfig::new(api, Auth::Token(Secret::new("t")))).unwrap();
+    let err = gh.runner_list(&org()).await.unwrap_err();
+    assert!(matches!(err, GitHubError::Pagination { .. }), "{err:?}");
+    assert!(err.to_string().contains("another origin"), "{err}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_page_that_links_to_itself_stops_at_the_page_cap() {
+    let (api, served) =
+        linking_api(|origin| format!("{origin}/orgs/octo-org/actions/runners")).await;
+    let gh = RestClient::new(ClientConfig::new(api, Auth::Token(Secret::new("t")))).unwrap();
+    let err = gh.runner_list(&org()).await.unwrap_err();
+    assert!(matches!(err, GitHubError::Pagination { .. }), "{err:?}");
+    assert_eq!(served.load(std::sync::atomic::Ordering::Relaxed), hangar_github::MAX_PAGES);
+}

@@ -43,6 +43,10 @@ use super::{
 /// The API version every request pins.
 pub const API_VERSION: &str = "2022-11-28";
 
+/// At most this many pages of one list are read (a list of runners or jobs
+/// this long is not real; a page that links to itself would loop forever).
+pub const MAX_PAGES: usize = 1000;
+
 /// How the client authenticates.
 #[derive(Debug, Clone)]
 pub enum Auth {
@@ -135,7 +139,8 @@ pub struct RestClient {
     http: reqwest::Client,
     config: ClientConfig,
     base: String,
-    origin: String,
+    /// `api_url` parsed: next-page Links must share its origin.
+    origin: reqwest::Url,
     inner: Mutex<Inner>,
     token_refresh: tokio::sync::Mutex<()>,
     mutations: tokio::sync::Semaphore,
@@ -163,7 +168,7 @@ impl RestClient {
         let url = reqwest::Url::parse(&base).map_err(|e| GitHubError::Config {
             message: format!("api_url {base:?} is not a URL: {e}"),
         })?;
-        let origin = url.origin().ascii_serialization();
+        let origin = url;
         if let Auth::App(app) = &config.auth {
             jsonwebtoken::EncodingKey::from_rsa_pem(app.private_key_pem.expose().as_bytes())
                 .map_err(|source| GitHubError::Jwt { source })?;
@@ -557,6 +562,7 @@ impl RestClient {
         const ETAG_CACHE_MAX: usize = 1024;
         let method = method_name(&call.method);
         let mut all = Vec::new();
+        let mut pages = 0;
         loop {
             // Polls repeat the same pages: ask conditionally, a 304 is free.
             let cached = self.inner().etags.get(&call.url).cloned();
@@ -600,19 +606,35 @@ impl RestClient {
                 source,
             })?;
             all.extend(items(page));
+            pages += 1;
             match next {
-                Some(url) if url.starts_with(&self.origin) => call.url = url,
-                Some(url) => {
-                    return Err(GitHubError::Status {
-                        method,
-                        path: call.path.clone(),
-                        status: 200,
-                        message: format!("refusing to follow a Link to another origin: {url}"),
-                    });
-                }
+                Some(url) => call.url = self.next_page(&call, method, &url, pages)?,
                 None => return Ok(all),
             }
         }
+    }
+
+    /// Checks a `Link: rel="next"` before it is followed: same origin as
+    /// `api_url` (compared parsed, so `https://api.github.com.evil.test`
+    /// is another origin), and no more than [`MAX_PAGES`] pages.
+    fn next_page(
+        &self,
+        call: &Call<'_>,
+        method: &'static str,
+        next: &str,
+        pages: usize,
+    ) -> Result<String, GitHubError> {
+        let refuse =
+            |message: String| GitHubError::Pagination { method, path: call.path.clone(), message };
+        let url = reqwest::Url::parse(next)
+            .map_err(|e| refuse(format!("the next-page Link {next:?} is not a URL: {e}")))?;
+        if url.origin() != self.origin.origin() {
+            return Err(refuse(format!("refusing to follow a Link to another origin: {next}")));
+        }
+        if pages >= MAX_PAGES {
+            return Err(refuse(format!("more than {MAX_PAGES} pages: refusing to follow {next}")));
+        }
+        Ok(url.into())
     }
 
     async fn runner_list_query(
@@ -867,6 +889,7 @@ impl GitHubApi for RestClient {
         call.auth = AuthKind::Jwt;
         // Newest first: stop paging once a page reaches back past `since`.
         let mut all = Vec::new();
+        let mut pages = 0;
         loop {
             let response = self.send(&call).await?;
             let next = response
@@ -885,8 +908,11 @@ impl GitHubApi for RestClient {
                     .filter(|d| since.is_none_or(|since| d.delivered_at >= since)),
             );
             let reached_since = all.len() - before < page_len;
+            pages += 1;
             match next {
-                Some(url) if url.starts_with(&self.origin) && !reached_since => call.url = url,
+                Some(url) if !reached_since => {
+                    call.url = self.next_page(&call, "GET", &url, pages)?;
+                }
                 _ => return Ok(all),
             }
         }

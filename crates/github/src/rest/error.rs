@@ -19,6 +19,11 @@ pub enum GitHubError {
     /// GitHub answered with a status the call does not expect.
     #[error("{method} {path}: github answered {status}: {message}")]
     Status { method: &'static str, path: String, status: u16, message: String },
+    /// A list's `Link: rel="next"` that must not be followed: to another
+    /// origin (the credentials would go there), or past the page cap (a
+    /// page that links to itself would loop forever).
+    #[error("{method} {path}: {message}")]
+    Pagination { method: &'static str, path: String, message: String },
     /// 409 on `generate-jitconfig`: a runner with this name already exists
     /// (possibly created by an earlier call whose answer was lost).
     #[error("a runner named {name:?} already exists in {scope}")]

@@ -32,7 +32,7 @@ use hangar_types::{
 };
 use serde::{Deserialize, Serialize};
 
-pub use client::{API_VERSION, AppCredentials, Auth, ClientConfig, RestClient};
+pub use client::{API_VERSION, AppCredentials, Auth, ClientConfig, MAX_PAGES, RestClient};
 pub use config::{ENV_GITHUB_APP_PRIVATE_KEY, ENV_GITHUB_TOKEN, GitHubConfig, GitHubConfigError};
 pub use error::GitHubError;
 
