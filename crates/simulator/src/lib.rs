@@ -438,18 +438,32 @@ impl std::fmt::Debug for AppKeyPair {
     }
 }
 
-/// Generates a 2048-bit RSA key pair for a simulated App (tests only; takes
-/// a moment).
+/// Generates a 2048-bit RSA key pair for a simulated App (tests and the
+/// demo; takes a moment). Through aws-lc-rs, the library that signs App JWTs
+/// in production; the private key is PKCS#8 PEM, which hangar reads as it
+/// reads GitHub's PKCS#1 downloads.
 pub fn app_key_generate() -> AppKeyPair {
-    use rsa::pkcs1::EncodeRsaPrivateKey;
-    use rsa::pkcs8::EncodePublicKey;
-    let private = rsa::RsaPrivateKey::new(&mut rsa::rand_core::OsRng, 2048)
+    use aws_lc_rs::encoding::AsDer;
+    use aws_lc_rs::signature::KeyPair as _;
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
         .expect("RSA key generation with the OS RNG cannot fail");
-    let private_pem =
-        private.to_pkcs1_pem(rsa::pkcs8::LineEnding::LF).expect("a fresh key encodes").to_string();
-    let public_pem = private
-        .to_public_key()
-        .to_public_key_pem(rsa::pkcs8::LineEnding::LF)
-        .expect("a fresh key encodes");
-    AppKeyPair { private_pem, public_pem }
+    let private = key.as_der().expect("a fresh key encodes");
+    let public = key.public_key().as_der().expect("a fresh key encodes");
+    AppKeyPair {
+        private_pem: pem("PRIVATE KEY", private.as_ref()),
+        public_pem: pem("PUBLIC KEY", public.as_ref()),
+    }
+}
+
+/// PEM armour (RFC 7468): base64 in lines of 64 between the labels.
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let body = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in body.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
