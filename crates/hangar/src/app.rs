@@ -79,15 +79,18 @@ impl App {
         let Parts { store, github, providers: mut given } = parts;
         // Metrics recorded while building (pool isolation) must be kept.
         hangar_server::prometheus_handle();
-        std::fs::create_dir_all(&config.data_dir).with_context(|| {
+        private_dir(&config.data_dir).with_context(|| {
             format!("cannot create the data directory {}", config.data_dir.display())
         })?;
         let store = match store {
             Some(store) => store,
-            None => Store::open(&config.database_url).await.context("opening the store")?,
+            None => Store::open(config.database_url.expose()).await.context("opening the store")?,
         };
-        let access = ApiAccess::new(config.listen.ip().is_loopback(), config.api_token.as_deref());
-        let secret = config.webhook_secret.as_deref().map(WebhookSecret::new);
+        let access = ApiAccess::new(
+            config.listen.ip().is_loopback(),
+            config.api_token.as_ref().map(hangar_types::Secret::expose),
+        );
+        let secret = config.webhook_secret.as_ref().map(|s| WebhookSecret::new(s.expose()));
         let mut state = ServerState::new(store.clone(), secret, access);
 
         let mut providers = HashMap::new();
@@ -231,4 +234,22 @@ pub fn cache_service(config: &Resolved, store: &Store) -> Result<hangar_cache::C
         Arc::new(hangar_cache::clock::SystemClock),
     )
     .context("starting the cache")
+}
+
+/// Creates `dir` (with its missing parents) owner-only, 0700: it holds the
+/// database (every webhook payload), cache blobs and runner logs. An
+/// existing directory that others can read is left as the operator made
+/// it, with a warning.
+fn private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+    let mode = std::fs::metadata(dir)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            path = %dir.display(),
+            mode = format!("{mode:o}"),
+            "the data directory is open to other users: `chmod 700` it"
+        );
+    }
+    Ok(())
 }

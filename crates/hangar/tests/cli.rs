@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 
 use hmac::{Hmac, Mac};
 
-const SECRET: &str = "cli-test-secret";
+const SECRET: &str = "cli-test-webhook-secret";
 
 fn hangar() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hangar"))
@@ -21,13 +21,18 @@ struct Serve {
 
 impl Serve {
     fn start(data_dir: &Path) -> Serve {
+        Serve::start_in(data_dir, data_dir)
+    }
+
+    /// `serve` in `cwd` (where no `hangar.toml` is) on `data_dir`.
+    fn start_in(cwd: &Path, data_dir: &Path) -> Serve {
         let mut child = hangar()
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .env("HANGAR_WEBHOOK_SECRET", SECRET)
             .env_remove("HANGAR_CONFIG")
             .env_remove("HANGAR_GITHUB_TOKEN")
-            .current_dir(data_dir)
+            .current_dir(cwd)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -142,22 +147,29 @@ fn config_check_names_the_file_the_key_and_the_problem() {
     assert!(text.contains("hangar.toml: ok"), "{text}");
 
     let microvm = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/microvm.toml");
-    let check = |token: Option<&str>| {
+    // `secret`: the example's placeholder replaced, as its comment says.
+    let check = |token: Option<&str>, secret: bool| {
         let mut command = hangar();
         command.args(["config", "check", "--config"]).arg(&microvm);
+        command.env_remove("HANGAR_WEBHOOK_SECRET");
         match token {
             Some(token) => command.env("HANGAR_GITHUB_TOKEN", token),
             None => command.env_remove("HANGAR_GITHUB_TOKEN"),
         };
+        if secret {
+            command.env("HANGAR_WEBHOOK_SECRET", "a-real-secret-0123456789");
+        }
         let out = command.output().expect("run hangar");
         let text = String::from_utf8_lossy(&out.stdout).into_owned()
             + &String::from_utf8_lossy(&out.stderr);
         (out.status.success(), text)
     };
     // Its pools need credentials, which it leaves to the environment.
-    let (ok, text) = check(None);
+    let (ok, text) = check(None, true);
     assert!(!ok && text.contains("key `github`: expected GitHub credentials"), "{text}");
-    let (ok, text) = check(Some("ghp_example"));
+    let (ok, text) = check(Some("ghp_example"), false);
+    assert!(!ok && text.contains("key `webhook.secret`: is a placeholder"), "{text}");
+    let (ok, text) = check(Some("ghp_example"), true);
     assert!(ok, "{text}");
     assert!(text.contains("pool linux-vm: provider microvm"), "{text}");
     assert!(
@@ -242,4 +254,18 @@ fn serve_without_pools_runs_the_default_auto_pool_only_with_credentials() {
     assert!(log.contains("no microVM image in") || log.contains("QEMU"), "{log}");
     assert!(!log.contains("FELL BACK"), "{log}");
     assert!(log.contains("Runner lifecycle built"), "{log}");
+}
+
+/// What `serve` writes is for hangar alone: the data directory is 0700 and
+/// the database (every webhook payload) 0600, whatever the caller's umask.
+#[test]
+fn serve_keeps_its_data_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let data = dir.path().join("data");
+    let serve = Serve::start_in(dir.path(), &data);
+    let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("hangar.db")), 0o600);
+    serve.stop();
 }

@@ -21,7 +21,12 @@ fn examples() -> Vec<(String, String)> {
         .map(|p| {
             let text = std::fs::read_to_string(&p).expect("example");
             let name = p.file_name().expect("name").to_string_lossy().into_owned();
-            (name, text.replace("[github]\n", GITHUB))
+            let mut text = text.replace("[github]\n", GITHUB);
+            // As a user would: the shipped placeholder secrets are refused.
+            for placeholder in hangar::config::EXAMPLE_PLACEHOLDERS {
+                text = text.replace(placeholder, "a-real-secret-0123456789abcdef");
+            }
+            (name, text)
         })
         .collect();
     files.sort();
@@ -72,6 +77,12 @@ fn table() -> Vec<(String, String, bool)> {
         ("App without an installation", "[github]\napp_id = \"1\"\n".into(), false),
         ("bad runner scope", "[scheduler]\nrunner_scope = \"a/b/c\"\n".into(), false),
         ("short API token", "[server]\napi_token = \"short\"\n".into(), false),
+        ("short webhook secret", "[webhook]\nsecret = \"short\"\n".into(), false),
+        (
+            "the example's placeholder secret",
+            "[webhook]\nsecret = \"change-me-to-the-secret-set-on-the-github-webhook\"\n".into(),
+            false,
+        ),
         ("typo", "[server]\nlistne = \"127.0.0.1:1\"\n".into(), false),
         ("not TOML", "[server\n".into(), false),
     ] {

@@ -21,6 +21,7 @@ use axum::Router;
 use axum::routing::{get, post};
 use hangar_github::WebhookSecret;
 use hangar_store::Store;
+use hangar_types::Secret;
 use tokio::sync::Notify;
 
 pub use auth::ApiAccess;
@@ -37,7 +38,7 @@ pub struct Config {
     pub data_dir: Option<PathBuf>,
     /// Bearer token of the admin API. Required to use the API when
     /// listening on a non-loopback address. Also `HANGAR_API_TOKEN`.
-    pub api_token: Option<String>,
+    pub api_token: Option<Secret>,
 }
 
 /// The `[webhook]` section of `hangar.toml`.
@@ -45,7 +46,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct WebhookConfig {
     /// The secret set on the GitHub webhook. Also `HANGAR_WEBHOOK_SECRET`.
-    pub secret: Option<String>,
+    pub secret: Option<Secret>,
 }
 
 /// What is wrong with the system beyond the store, for `/healthz`: each

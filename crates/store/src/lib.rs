@@ -64,8 +64,9 @@ impl Backend {
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// `sqlite:///abs/path.db` or `postgres://user@host/db`. When absent,
-    /// SQLite in the data directory. Also `HANGAR_DATABASE_URL`.
-    pub url: Option<String>,
+    /// SQLite in the data directory. Also `HANGAR_DATABASE_URL`. May hold
+    /// a password, so it is a `Secret` (redacted in `Debug`).
+    pub url: Option<hangar_types::Secret>,
 }
 
 /// The handle every component uses. Cheap to clone.
@@ -97,6 +98,9 @@ impl Store {
             return Err(StoreError::UnsupportedUrl { url: redact(url) });
         };
         let open_error = |source| StoreError::Open { backend, location: redact(url), source };
+        if backend == Backend::Sqlite {
+            sqlite_file_create_private(url).map_err(|e| open_error(sqlx::Error::Io(e)))?;
+        }
         let options = AnyConnectOptions::from_str(&connect_url(backend, url))
             .map_err(open_error)?
             .disable_statement_logging();
@@ -171,6 +175,22 @@ fn connect_url(backend: Backend, url: &str) -> String {
             format!("{url}{sep}mode=rwc")
         }
         _ => url.to_owned(),
+    }
+}
+
+/// Creates a missing SQLite database file owner-only (0600) before SQLite
+/// does (it would use the umask: world-readable webhook payloads). SQLite
+/// gives its `-wal` and `-shm` files the database file's mode.
+fn sqlite_file_create_private(url: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:")).unwrap_or(url);
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" || query.contains("mode=memory") {
+        return Ok(());
+    }
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        other => other.map(drop),
     }
 }
 

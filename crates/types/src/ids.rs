@@ -132,8 +132,11 @@ impl fmt::Display for RunnerId {
     }
 }
 
-/// A string that never shows itself in `Debug` or `Display`.
-#[derive(Clone, PartialEq, Eq)]
+/// A string that never shows itself in `Debug` or `Display`. Config files
+/// deserialize into it directly, so a secret is never a plain `String` that
+/// a derived `Debug` would print.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
 pub struct Secret(String);
 
 impl Secret {

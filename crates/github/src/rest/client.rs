@@ -287,7 +287,7 @@ impl RestClient {
         let response = self.expect(&call, response, &[StatusCode::CREATED]).await?;
         let token: wire::AccessToken = self.decode(&call, response).await?;
         tracing::debug!(expires_at = %token.expires_at, "github installation token refreshed");
-        let secret = Secret::new(token.token);
+        let secret = token.token;
         // Refresh `token_refresh_margin` before expiry, but never later than
         // half-way through the token's life (short-lived tokens stay usable).
         let now = Utc::now();
@@ -734,7 +734,7 @@ impl GitHubApi for RestClient {
         Ok(JitConfig {
             github_runner_id: GitHubRunnerId(created.runner.id),
             name: created.runner.name,
-            encoded: Secret::new(created.encoded_jit_config),
+            encoded: created.encoded_jit_config,
         })
     }
 

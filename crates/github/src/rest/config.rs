@@ -33,7 +33,7 @@ pub struct GitHubConfig {
     /// REST API root; default `https://api.github.com`, GHES `https://HOST/api/v3`.
     pub api_url: Option<String>,
     /// A personal access token. Prefer `HANGAR_GITHUB_TOKEN`.
-    pub token: Option<String>,
+    pub token: Option<Secret>,
     /// The GitHub App's id or client id.
     pub app_id: Option<String>,
     pub installation_id: Option<i64>,
@@ -69,7 +69,9 @@ impl GitHubConfig {
         &self,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Option<ClientConfig>, GitHubConfigError> {
-        let token = env(ENV_GITHUB_TOKEN).filter(|t| !t.is_empty()).or_else(|| self.token.clone());
+        let token = env(ENV_GITHUB_TOKEN)
+            .filter(|t| !t.is_empty())
+            .or_else(|| self.token.as_ref().map(|t| t.expose().to_owned()));
         let auth = match (token, &self.app_id) {
             (Some(_), Some(_)) => {
                 return Err(invalid(

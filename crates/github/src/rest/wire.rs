@@ -4,7 +4,7 @@
 
 use hangar_types::{
     Conclusion, DeliveryId, GitHubRunnerId, InstallationId, JobFields, JobId, JobState, Labels,
-    RepositoryId, RunId, RunnerAssignment, Timestamp,
+    RepositoryId, RunId, RunnerAssignment, Secret, Timestamp,
 };
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,7 @@ pub(crate) struct JitBody<'a> {
 #[derive(Debug, Deserialize)]
 pub(crate) struct JitResponse {
     pub(crate) runner: WireRunner,
-    pub(crate) encoded_jit_config: String,
+    pub(crate) encoded_jit_config: Secret,
 }
 
 #[derive(Debug, Deserialize)]
@@ -204,7 +204,7 @@ pub(crate) struct RepoPage {
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct AccessToken {
-    pub(crate) token: String,
+    pub(crate) token: Secret,
     pub(crate) expires_at: Timestamp,
 }
 

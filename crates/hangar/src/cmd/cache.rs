@@ -55,7 +55,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let overrides = Overrides { listen: None, data_dir: args.data_dir };
     let config = hangar::config::load(path.as_deref(), &hangar::config::process_env, overrides)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    let store = Store::open(&config.database_url).await.context("opening the store")?;
+    let store = Store::open(config.database_url.expose()).await.context("opening the store")?;
     let cache = hangar::app::cache_service(&config, &store)?;
     let result = match args.command {
         Command::Ls { repo } => ls(&cache, repo).await,

@@ -32,7 +32,7 @@ pub(crate) fn run(command: Command) -> Result<()> {
     println!("{}: ok", path.display());
     println!("  listen:         {}", effective.listen);
     println!("  data dir:       {}", effective.data_dir.display());
-    println!("  database:       {}", redact_url(&effective.database_url));
+    println!("  database:       {}", redact_url(effective.database_url.expose()));
     println!(
         "  webhook secret: {}",
         if effective.webhook_secret.is_some() { "set" } else { "MISSING" }

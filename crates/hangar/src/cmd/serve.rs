@@ -29,6 +29,9 @@ pub(crate) struct Args {
 
 pub(crate) async fn run(args: Args) -> Result<()> {
     init_tracing();
+    // Everything hangar writes (database, cache blobs, runner dirs, VM
+    // state, sockets) is for hangar alone.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let path = crate::config_path(args.config);
     let overrides = Overrides { listen: args.listen, data_dir: args.data_dir };
     let config = hangar::config::load(path.as_deref(), &hangar::config::process_env, overrides)
@@ -64,12 +67,15 @@ pub(crate) async fn run(args: Args) -> Result<()> {
 /// Says what hangar runs with, and loudly what is missing.
 fn report_startup(effective: &Resolved, addr: SocketAddr) {
     match &effective.source {
-        Source::File(path) => tracing::info!(config = %path.display(), "Configuration loaded."),
+        Source::File(path) => {
+            tracing::info!(config = %path.display(), "Configuration loaded.");
+            config_file_check(path, &effective.file);
+        }
         Source::Defaults => tracing::info!("No config file: running on embedded defaults."),
     }
     tracing::info!(
         data_dir = %effective.data_dir.display(),
-        database = if effective.database_url.starts_with("sqlite") { "sqlite" } else { "postgres" },
+        database = if effective.database_url.expose().starts_with("sqlite") { "sqlite" } else { "postgres" },
         "Store open."
     );
     if effective.webhook_secret.is_none() {
@@ -83,6 +89,24 @@ fn report_startup(effective: &Resolved, addr: SocketAddr) {
         tracing::warn!(
             "Listening beyond loopback without an API token: the admin API is closed. \
              Set HANGAR_API_TOKEN or [server] api_token to use it."
+        );
+    }
+}
+
+/// Warns when a config file that holds a secret can be read by others.
+fn config_file_check(path: &std::path::Path, file: &hangar::config::HangarConfig) {
+    use std::os::unix::fs::PermissionsExt;
+    let secrets = file.webhook.secret.is_some()
+        || file.server.api_token.is_some()
+        || file.github.token.is_some()
+        || file.store.url.as_ref().is_some_and(|u| u.expose().contains('@'));
+    let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+    if secrets && mode & 0o077 != 0 {
+        tracing::warn!(
+            config = %path.display(),
+            mode = format!("{mode:o}"),
+            "The config file holds secrets and other users can read it: `chmod 600` it, or give \
+             the secrets in the environment."
         );
     }
 }

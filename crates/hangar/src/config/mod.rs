@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use hangar_github::ClientConfig;
 use hangar_scheduler::{PoolConfig, SchedulerConfig};
+use hangar_types::Secret;
 use serde::Deserialize;
 
 pub use provider::{AutoSettings, PROVIDER_KINDS, ProviderConfig};
@@ -126,9 +127,10 @@ pub struct Resolved {
     pub file: HangarConfig,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
-    pub database_url: String,
-    pub webhook_secret: Option<String>,
-    pub api_token: Option<String>,
+    /// May hold a password: a [`Secret`], shown redacted.
+    pub database_url: Secret,
+    pub webhook_secret: Option<Secret>,
+    pub api_token: Option<Secret>,
     /// `[scheduler]`, with `runner_scope` from the environment when the
     /// file has none.
     pub scheduler: SchedulerConfig,
@@ -238,22 +240,15 @@ fn resolve(
         .or_else(|| file.server.data_dir.clone())
         .unwrap_or_else(|| default_data_dir(env));
     let database_url = env(ENV_DATABASE_URL)
-        .or_else(|| file.store.url.clone())
+        .or_else(|| file.store.url.as_ref().map(|u| u.expose().to_owned()))
         .unwrap_or_else(|| hangar_store::Store::sqlite_url(&data_dir.join("hangar.db")));
     if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
         return Err(invalid("store.url", "expected a sqlite://PATH or postgres://... URL".into()));
     }
-    let api_token = env(ENV_API_TOKEN).or_else(|| file.server.api_token.clone());
-    if api_token.as_deref().is_some_and(|t| t.trim().len() < 16) {
-        return Err(invalid(
-            "server.api_token",
-            "expected a token of at least 16 characters".into(),
-        ));
-    }
-    if file.webhook.secret.as_deref().is_some_and(str::is_empty) {
-        return Err(invalid("webhook.secret", "expected a non-empty secret".into()));
-    }
-    let webhook_secret = env(ENV_WEBHOOK_SECRET).or_else(|| file.webhook.secret.clone());
+    let api_token =
+        secret(&invalid, "server.api_token", ENV_API_TOKEN, env, &file.server.api_token)?;
+    let webhook_secret =
+        secret(&invalid, "webhook.secret", ENV_WEBHOOK_SECRET, env, &file.webhook.secret)?;
     if let Err(e) = file.cache.settings() {
         return Err(invalid(&format!("cache.{}", e.key), format!("expected {}", e.expected)));
     }
@@ -286,7 +281,7 @@ fn resolve(
         file,
         listen,
         data_dir,
-        database_url,
+        database_url: Secret::new(database_url),
         webhook_secret,
         api_token,
         scheduler,
@@ -294,6 +289,52 @@ fn resolve(
         pools,
         runners_off,
     })
+}
+
+/// Secret values the files in `examples/` ship with: a copied example must
+/// not run with a secret anyone can read (forged webhooks, an open admin
+/// API). `every_example_config_loads` checks that each is refused.
+pub const EXAMPLE_PLACEHOLDERS: [&str; 3] = [
+    "change-me-to-the-secret-set-on-the-github-webhook",
+    "replace-with-a-long-random-token",
+    "at-least-sixteen-characters",
+];
+
+/// Shortest secret accepted, from any source (the environment too).
+pub const MIN_SECRET_LEN: usize = 16;
+
+/// A secret from the environment (`var`, stronger) or the file (`key`):
+/// at least [`MIN_SECRET_LEN`] characters and not a placeholder.
+fn secret(
+    invalid: &dyn Fn(&str, String) -> ConfigError,
+    key: &str,
+    var: &str,
+    env: Env<'_>,
+    file: &Option<Secret>,
+) -> Result<Option<Secret>, ConfigError> {
+    let (value, from_env) = match (env(var), file) {
+        (Some(value), _) => (value, true),
+        (None, Some(value)) => (value.expose().to_owned(), false),
+        (None, None) => return Ok(None),
+    };
+    let value = value.trim();
+    let lowered = value.to_ascii_lowercase();
+    let problem = if EXAMPLE_PLACEHOLDERS.contains(&value)
+        || ["change-me", "changeme", "replace-with", "replace-me"]
+            .iter()
+            .any(|p| lowered.starts_with(p))
+    {
+        Some("is a placeholder from the examples: set a long random value (e.g. `openssl rand -hex 32`)".to_owned())
+    } else if value.chars().count() < MIN_SECRET_LEN {
+        Some(format!("expected at least {MIN_SECRET_LEN} characters (e.g. `openssl rand -hex 32`)"))
+    } else {
+        None
+    };
+    match problem {
+        Some(problem) if from_env => Err(invalid(key, format!("{var}: {problem}"))),
+        Some(problem) => Err(invalid(key, problem)),
+        None => Ok(Some(Secret::new(value))),
+    }
 }
 
 /// The pool `serve` runs when the file has no `[[pools]]`: `default`,

@@ -157,7 +157,8 @@ impl World {
         let mut resolved =
             hangar::config::load_text("world.toml", "", &hangar::config::no_env, overrides)
                 .expect("an empty config loads");
-        resolved.webhook_secret = Some(SimConfig::DEFAULT_WEBHOOK_SECRET.to_owned());
+        resolved.webhook_secret =
+            Some(hangar_types::Secret::new(SimConfig::DEFAULT_WEBHOOK_SECRET));
         resolved.scheduler = config;
         resolved.pools =
             pools.into_iter().map(|p| p.with_provider(ProviderConfig::default()).0).collect();

@@ -53,7 +53,7 @@ pub(crate) struct Args {
     data_dir: Option<PathBuf>,
 }
 
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-webhook-secret";
 
 pub(crate) async fn run(args: Args) -> Result<()> {
     let temp = std::env::temp_dir().join(format!("hangar-bench-{}", std::process::id()));
