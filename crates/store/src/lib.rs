@@ -41,7 +41,7 @@ type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q
 pub use cache::{CacheEntry, CacheEntryState, CacheRepoStats, NewCacheEntry, cache_key_norm};
 pub use error::StoreError;
 pub use jobs::{DeliveryOutcome, DeliveryRecord, JobFilter, JobPage, NewDelivery};
-pub use runners::{ActiveJob, JobNotes, RunnerEvent};
+pub use runners::{ActiveJob, FailureKind, JobNotes, RunnerEvent};
 
 /// Which database a store runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
