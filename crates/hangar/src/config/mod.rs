@@ -243,6 +243,9 @@ fn resolve(
     if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
         return Err(invalid("store.url", "expected a sqlite://PATH or postgres://... URL".into()));
     }
+    if let Err((key, expected)) = file.store.validate() {
+        return Err(invalid(key, expected.to_owned()));
+    }
     let api_token = env(ENV_API_TOKEN).or_else(|| file.server.api_token.clone());
     if api_token.as_deref().is_some_and(|t| t.trim().len() < 16) {
         return Err(invalid(
