@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use hangar_store::{NewDelivery, RetentionReport, retention};
+use hangar_store::{NewDelivery, RetentionReport, retention, retention_schedule};
 use hangar_types::{DeliveryId, JobAction, JobId, PoolName, RunnerId, RunnerState};
 
 use super::{Harness, at, job_event, open};
@@ -99,4 +99,25 @@ pub(super) async fn retention_deletes_in_batches(harness: &Harness) {
     let report = store.retention_pass(at(3600), Duration::from_secs(3000)).await.unwrap();
     assert_eq!(report.deliveries, n);
     assert_eq!(store.delivery_count().await.unwrap(), 0);
+}
+
+/// The task the composition root owns: a pass at start, then it waits
+/// for the next one and ends when its token is cancelled.
+pub(super) async fn the_retention_task_runs_a_pass_at_start_and_stops_when_told(harness: &Harness) {
+    let store = open(harness).await;
+    // Received at `at(0)`, long before now: older than an hour of retention.
+    store.delivery_record(job_event(1, JobAction::Completed, "ancient", 0)).await.unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let task =
+        tokio::spawn(retention_schedule(store.clone(), Duration::from_secs(3600), stop.clone()));
+    hangar_test_harness::wait_for("the first pass", Duration::from_secs(30), || async {
+        (store.delivery_count().await.ok()? == 0).then_some(())
+    })
+    .await;
+    assert_eq!(store.job_get(JobId(1)).await.unwrap(), None);
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the task ends when cancelled")
+        .expect("the task did not panic");
 }
