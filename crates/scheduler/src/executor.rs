@@ -232,9 +232,9 @@ async fn runner_create_finish(
         "kind" => kind.as_str()
     )
     .increment(1);
-    // The job's recorded error keeps the whole chain.
+    // The job's recorded error keeps the whole chain; the event says whose.
     let failure = chain(&failure);
-    event(lc, &runner.id, "launch_failed", &failure).await;
+    event(lc, &runner.id, "launch_failed", &format!("{}: {failure}", kind.as_str())).await;
     // Re-read: the record may have moved on since.
     if let Ok(Some(fresh)) = lc.store.runner_get(&runner.id).await {
         runner = fresh;

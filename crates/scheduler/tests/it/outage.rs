@@ -86,6 +86,14 @@ async fn jit_mints_failing_for_longer_than_the_retries_give_no_job_up() {
     )
     .await;
     assert_eq!(world.sim.counters().registrations_created, 0);
+    // Each failed runner's history says whose failure it was.
+    let failed = world.store.runner_list_for_job(JobId(jobs[0])).await.expect("runners");
+    let events = world.store.runner_event_list(&failed[0].id).await.expect("events");
+    assert!(
+        events.iter().any(|e| e.kind == "launch_failed"
+            && e.message.starts_with("infrastructure: minting the JIT config")),
+        "{events:?}"
+    );
 
     // GitHub recovers.
     world.sim.faults_set(Faults::default());
