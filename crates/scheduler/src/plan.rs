@@ -26,9 +26,9 @@
 //!    second guard.
 //! 3. **Matching.** Queued jobs outside the runner scope (another
 //!    organization's or repository's, e.g. from another installation of
-//!    the App) get no runner and say so. Other queued jobs, oldest first, each take one available
-//!    runner of a pool whose labels are a superset of theirs (a runner made
-//!    for the job first). Demand is counted, not pinned: on GitHub any
+//!    the App) get no runner and say so. The others, oldest first, each
+//!    take one available runner of a pool whose labels are a superset of
+//!    theirs (a runner made for the job first). Demand is counted, not pinned: on GitHub any
 //!    matching runner may take any matching job.
 //! 4. **Creating.** A job left without a runner gets a new one in the first
 //!    matching pool under its `max_runners`, unless it is backing off or its
