@@ -8,13 +8,14 @@
 //! (`hangar_server`); when pools run, the GitHub client, one provider per
 //! pool and the runner [`Lifecycle`] (reconciler, recovery, sagas); the
 //! cache server and its eviction schedule. Every background task is owned:
-//! the lifecycle's by the lifecycle, the app's own (eviction) by the app.
+//! the lifecycle's by the lifecycle, the app's own (eviction, the store's
+//! retention pass) by the app.
 //!
 //! # Stopping
 //! [`App::serve`] stops taking requests when its shutdown future resolves
 //! (in-flight requests finish), then [`App::stop`] goes in order:
 //! 1. the app's own tasks end (eviction between passes, the cache's
-//!    size-cap evictions after saves);
+//!    size-cap evictions after saves, retention after its current batch);
 //! 2. the lifecycle stops: no new activation, sagas under way reach their
 //!    end (bounded by `scheduler.shutdown_grace`), sagas not yet started
 //!    are dropped before any side effect;
@@ -57,6 +58,8 @@ pub struct App {
     lifecycle: Option<Arc<Lifecycle>>,
     providers: HashMap<PoolName, Arc<dyn Provider>>,
     cache: Option<hangar_cache::CacheService>,
+    /// `[store] retention`, kept by the retention task.
+    retention: std::time::Duration,
     tasks: TaskTracker,
     cancel: CancellationToken,
 }
@@ -84,7 +87,11 @@ impl App {
         })?;
         let store = match store {
             Some(store) => store,
-            None => Store::open(config.database_url.expose()).await.context("opening the store")?,
+            None => {
+                Store::open_with(config.database_url.expose(), config.file.store.open_options())
+                    .await
+                    .context("opening the store")?
+            }
         };
         let access = ApiAccess::new(
             config.listen.ip().is_loopback(),
@@ -157,12 +164,19 @@ impl App {
         }
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
-        Ok(App { store, router, lifecycle, providers, cache, tasks, cancel })
+        let retention = config.file.store.retention;
+        Ok(App { store, router, lifecycle, providers, cache, retention, tasks, cancel })
     }
 
     /// Starts every background task: the runner lifecycle (reconciler,
-    /// recovery) and the cache's eviction schedule.
+    /// recovery), the cache's eviction schedule and the store's retention.
     pub fn start(&self) {
+        let store = self.store.clone();
+        self.tasks.spawn(hangar_store::retention_schedule(
+            store,
+            self.retention,
+            self.cancel.clone(),
+        ));
         if let Some(cache) = &self.cache {
             self.tasks.spawn(hangar_cache::evict::schedule(cache.clone(), self.cancel.clone()));
         }

@@ -60,6 +60,17 @@ fn table() -> Vec<(String, String, bool)> {
         ),
         ("min_hot above max_runners", pools("min_hot = 3\n"), false),
         ("zero launch attempts", "[scheduler]\nlaunch_attempts = 0\n".into(), false),
+        (
+            "store retention and timeout",
+            "[store]\nretention = \"30d\"\nstatement_timeout = \"10s\"\n".into(),
+            true,
+        ),
+        ("retention under an hour", "[store]\nretention = \"10m\"\n".into(), false),
+        (
+            "backoff cap under the backoff",
+            "[scheduler]\nlaunch_backoff = \"10s\"\nlaunch_backoff_max = \"5s\"\n".into(),
+            false,
+        ),
         ("bare seconds", "[scheduler]\npickup_deadline = 300\n".into(), false),
         ("old eviction spelling", "[cache]\neviction_schedule = \"every 1h\"\n".into(), false),
         ("unknown provider", pools("provider = \"ec2\"\n"), false),

@@ -1,7 +1,8 @@
 //! Isolation fails closed, with the real binary against the GitHub
 //! simulator: an `auto` pool with no microVM image starts no runner at all
 //! (`/healthz` says degraded and why, the job's reason says why), and only
-//! `allow_unisolated = true` makes it run local processes, loudly.
+//! `allow_unisolated = true` makes it run local processes, loudly. Even
+//! then a runner inherits none of hangar's secrets from its environment.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -24,6 +25,10 @@ impl Drop for Serve {
 }
 
 fn serve(dir: &Path, sim: &SimHandle, provider: &str) -> Serve {
+    serve_with_env(dir, sim, provider, &[])
+}
+
+fn serve_with_env(dir: &Path, sim: &SimHandle, provider: &str, env: &[(&str, &str)]) -> Serve {
     let config = dir.join("hangar.toml");
     std::fs::write(
         &config,
@@ -49,6 +54,7 @@ idle_timeout = "2s"
         // No image in this cache: microVMs are not possible, whatever the host has.
         .env("HANGAR_CACHE_DIR", dir.join("empty-image-cache"))
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(dir.join("serve.log")).expect("log"))
         .spawn()
@@ -134,4 +140,44 @@ async fn allow_unisolated_runs_local_processes_and_says_so() {
     let log = std::fs::read_to_string(dir.path().join("serve.log")).expect("log");
     assert!(log.contains("FELL BACK TO LOCAL PROCESSES"), "{log}");
     assert!(log.contains("NOT isolated"), "{log}");
+}
+
+/// `hangar serve` gets its secrets from the environment (as the README
+/// suggests, and as systemd's `EnvironmentFile` does) next to unrelated
+/// ones such as S3 credentials; a process pool's runner prints its whole
+/// environment, as a job step running `env` would into a job log. It holds
+/// its JIT config and none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_inherits_none_of_hangars_secrets() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sim = Simulator::start(SimConfig::default()).await.expect("simulator");
+    let out = dir.path().join("runner-env");
+    std::fs::create_dir(&out).expect("mkdir");
+    let script = r#"env > "$ENV_OUT/.$HANGAR_RUNNER_ID" && mv "$ENV_OUT/.$HANGAR_RUNNER_ID" "$ENV_OUT/$HANGAR_RUNNER_ID""#;
+    let provider = format!(
+        "[pools.provider.process]\ncommand = \"/bin/sh\"\nargs = [\"-c\", {script:?}]\n\
+         env = {{ ENV_OUT = {:?} }}",
+        out.display().to_string()
+    );
+    let secrets = [
+        ("HANGAR_WEBHOOK_SECRET", SimConfig::DEFAULT_WEBHOOK_SECRET),
+        ("HANGAR_GITHUB_TOKEN", SimConfig::DEFAULT_PAT),
+        ("HANGAR_API_TOKEN", "canary-api-token-5e1f0c3a9b7d2e84"),
+        ("AWS_SECRET_ACCESS_KEY", "canary-aws-secret-8c2d4f6a1e3b5d79"),
+    ];
+    let _hangar = serve_with_env(dir.path(), &sim, &provider, &secrets);
+    sim.job_queue(JobSpec::new("octo-org/app", ["self-hosted", "linux"]));
+    let env = wait_for("a runner printed its environment", Duration::from_secs(60), || async {
+        let entry = std::fs::read_dir(&out)
+            .ok()?
+            .filter_map(Result::ok)
+            .find(|e| e.file_name().to_str().is_some_and(|name| name.starts_with("hangar-")))?;
+        std::fs::read_to_string(entry.path()).ok()
+    })
+    .await;
+    assert!(env.contains("ACTIONS_RUNNER_INPUT_JITCONFIG="), "{env}");
+    for (name, secret) in secrets {
+        assert!(!env.contains(secret), "the runner got {name}: {env}");
+        assert!(!env.contains(name), "the runner got {name}: {env}");
+    }
 }

@@ -10,6 +10,16 @@
 //!   variable `ACTIONS_RUNNER_INPUT_JITCONFIG` (the runner reads any
 //!   argument from `ACTIONS_RUNNER_INPUT_<NAME>`), never the command line,
 //!   which any local user can read in `/proc`.
+//! - **A runner inherits nothing of hangar's environment** but
+//!   [`INHERITED`] (the search path, locale and time zone): hangar's own
+//!   environment holds its secrets (`HANGAR_WEBHOOK_SECRET`,
+//!   `HANGAR_GITHUB_TOKEN`, the App key, `HANGAR_DATABASE_URL`, `AWS_*`),
+//!   and a job step that prints its environment would put them in a job
+//!   log. The child starts from an empty environment: [`INHERITED`], `HOME`
+//!   (its work directory), the pool's `env`, the spec's `env`, then the JIT
+//!   config and `HANGAR_RUNNER_ID`, which nothing before them can override.
+//! - Work directories are created 0700 and `runner.log` 0600: other local
+//!   users cannot read a job's files or output.
 //! - **`list` is the truth, even across restarts.** State lives on disk:
 //!   the work directory holds `pid` and, once the child ended, `exit_code`.
 //!   `list` scans `<work_root>` so it reports runners a previous hangar
@@ -49,7 +59,9 @@ pub struct ProcessConfig {
     /// Where work directories go; default `<data_dir>/runners/<pool>`.
     #[serde(default)]
     pub work_root: Option<PathBuf>,
-    /// Extra environment for every runner of the pool.
+    /// Extra environment for every runner of the pool. A runner inherits
+    /// nothing else from hangar but [`INHERITED`]: name here what it needs
+    /// (a proxy, say).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
 }
@@ -67,6 +79,13 @@ pub struct ProcessProvider {
 
 /// Set once, when the child has been reaped, to its exit code.
 type ExitCell = Arc<OnceLock<Option<i32>>>;
+
+/// The variables of hangar's environment a runner inherits (when set):
+/// none can hold a secret. Everything else it gets is set explicitly.
+pub const INHERITED: &[&str] = &["PATH", "LANG", "LANGUAGE", "LC_ALL", "LC_CTYPE", "TZ"];
+
+/// `PATH` for a runner when hangar has none.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 const PID_FILE: &str = "pid";
 const EXIT_FILE: &str = "exit_code";
@@ -120,6 +139,44 @@ impl ProcessProvider {
     }
 }
 
+/// What a runner inherits from hangar's environment: [`INHERITED`], with
+/// a default `PATH`.
+fn inherited_env() -> Vec<(&'static str, std::ffi::OsString)> {
+    let mut env: Vec<_> =
+        INHERITED.iter().filter_map(|&name| Some((name, std::env::var_os(name)?))).collect();
+    if !env.iter().any(|(name, _)| *name == "PATH") {
+        env.push(("PATH", DEFAULT_PATH.into()));
+    }
+    env
+}
+
+/// Creates `dir` and missing parents, readable by hangar's user only
+/// (directories that exist are left as they are).
+fn private_dir_create(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
+}
+
+/// A runner's work directory, 0700 even when a half-done launch left it.
+fn work_dir_create(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    private_dir_create(dir)?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+}
+
+/// Creates (or truncates) `path`, readable by hangar's user only.
+fn private_file_create(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
 /// Whether `pid` is a live process working in `dir` (not a reused pid).
 async fn alive(pid: u32, dir: &Path) -> bool {
     let Ok(cwd) = tokio::fs::read_link(format!("/proc/{pid}/cwd")).await else {
@@ -167,10 +224,8 @@ impl Provider for ProcessProvider {
             return Ok(existing);
         }
         let dir = self.dir(id);
-        tokio::fs::create_dir_all(&dir)
-            .await
-            .map_err(|e| launch_error(id, "creating the work directory", e))?;
-        let log = std::fs::File::create(dir.join(LOG_FILE))
+        work_dir_create(&dir).map_err(|e| launch_error(id, "creating the work directory", e))?;
+        let log = private_file_create(&dir.join(LOG_FILE))
             .map_err(|e| launch_error(id, "creating the runner log", e))?;
         let log_err =
             log.try_clone().map_err(|e| launch_error(id, "creating the runner log", e))?;
@@ -178,10 +233,13 @@ impl Provider for ProcessProvider {
         command
             .args(&self.config.args)
             .current_dir(&dir)
-            .env("ACTIONS_RUNNER_INPUT_JITCONFIG", spec.jit_config.expose())
-            .env("HANGAR_RUNNER_ID", id.as_str())
+            .env_clear()
+            .envs(inherited_env())
+            .env("HOME", &dir)
             .envs(&self.config.env)
             .envs(spec.env.iter().map(|(k, v)| (k, v)))
+            .env("ACTIONS_RUNNER_INPUT_JITCONFIG", spec.jit_config.expose())
+            .env("HANGAR_RUNNER_ID", id.as_str())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -299,7 +357,7 @@ impl Provider for ProcessProvider {
     }
 
     async fn health(&self) -> Health {
-        if let Err(e) = tokio::fs::create_dir_all(&self.work_root).await {
+        if let Err(e) = private_dir_create(&self.work_root) {
             return Health {
                 ok: false,
                 message: format!("cannot create {}: {e}", self.work_root.display()),

@@ -1,13 +1,14 @@
 //! The conformance suite against the process provider, plus what only a
 //! process can show: the JIT config arrives in the environment and not on
-//! the command line; runners outlive a forgotten provider value and are
-//! still listed (orphans after a crash).
+//! the command line; nothing else of hangar's environment does; work
+//! directories and logs are private; runners outlive a forgotten provider
+//! value and are still listed (orphans after a crash).
 
 use std::time::Duration;
 
 use hangar_provider::{InstanceState, Provider, conformance};
 
-use super::{ProcessConfig, ProcessProvider};
+use super::{INHERITED, ProcessConfig, ProcessProvider};
 
 fn provider(root: &std::path::Path, script: &str) -> ProcessProvider {
     let config = ProcessConfig {
@@ -61,6 +62,67 @@ async fn jit_config_is_in_the_environment_and_not_on_the_command_line() {
     assert_eq!(listed[0].state, InstanceState::Exited { code: Some(0) });
     p.destroy(&spec.runner_id).await.expect("destroy");
     assert!(!dir.exists());
+}
+
+/// A real child prints its whole environment: it holds the JIT config,
+/// its id, `HOME` (its work directory), the pool's `env` and what
+/// [`INHERITED`] lets through, and none of the test process's own
+/// variables (which stand in for hangar's secrets; `hangar/tests/
+/// isolation.rs` checks the same with canary secrets given to `hangar
+/// serve`). The directory is 0700 and the log 0600.
+#[tokio::test]
+async fn a_runner_inherits_nothing_of_hangars_environment_and_its_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let ours: Vec<String> = std::env::vars()
+        .map(|(name, _)| name)
+        .filter(|n| !INHERITED.contains(&n.as_str()))
+        .collect();
+    assert!(ours.iter().any(|n| n.starts_with("CARGO")), "cargo sets CARGO_* for tests: {ours:?}");
+    let root = tempfile::tempdir().expect("tempdir");
+    let config = ProcessConfig {
+        command: "/usr/bin/env".into(),
+        args: vec!["-0".into()],
+        work_root: None,
+        env: [("POOL_PROXY".to_owned(), "http://proxy:3128".to_owned())].into(),
+    };
+    let work_root = root.path().join("runners");
+    let p = ProcessProvider::new(config, &work_root);
+    let spec = conformance::spec("clean-env");
+    p.launch(&spec).await.expect("launch");
+    let dir = work_root.join(spec.runner_id.as_str());
+    let log = hangar_test_harness::wait_for("the runner exited", Duration::from_secs(10), || {
+        let dir = dir.clone();
+        async move {
+            tokio::fs::read_to_string(dir.join("exit_code")).await.ok()?;
+            tokio::fs::read_to_string(dir.join("runner.log")).await.ok()
+        }
+    })
+    .await;
+    let env: std::collections::BTreeMap<&str, &str> =
+        log.split('\0').filter(|l| !l.is_empty()).filter_map(|l| l.split_once('=')).collect();
+    assert_eq!(env.get("ACTIONS_RUNNER_INPUT_JITCONFIG"), Some(&"jit-secret-clean-env"));
+    assert_eq!(env.get("HANGAR_RUNNER_ID"), Some(&spec.runner_id.as_str()));
+    assert_eq!(env.get("HOME").map(std::path::Path::new), Some(dir.as_path()));
+    assert_eq!(env.get("POOL_PROXY"), Some(&"http://proxy:3128"));
+    assert!(env.contains_key("PATH"), "{env:?}");
+    assert_eq!(env.get("HANGAR_CONFORMANCE"), Some(&"1"), "the spec's env");
+    let given = [
+        "ACTIONS_RUNNER_INPUT_JITCONFIG",
+        "HANGAR_RUNNER_ID",
+        "HOME",
+        "POOL_PROXY",
+        "HANGAR_CONFORMANCE",
+    ];
+    let unexpected: Vec<&&str> =
+        env.keys().filter(|n| !given.contains(n) && !INHERITED.contains(n)).collect();
+    assert!(unexpected.is_empty(), "inherited from the parent: {unexpected:?}");
+    let mode = |path: &std::path::Path| {
+        std::fs::metadata(path).expect("metadata").permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&dir), 0o700);
+    assert_eq!(mode(&dir.join("runner.log")), 0o600);
+    assert_eq!(mode(&work_root), 0o700, "the work root is created private too");
+    p.destroy(&spec.runner_id).await.expect("destroy");
 }
 
 #[tokio::test]

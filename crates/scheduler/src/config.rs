@@ -58,9 +58,15 @@ pub struct SchedulerConfig {
     /// Launches per job before hangar gives up and says so on the job.
     #[serde(default = "defaults::launch_attempts")]
     pub launch_attempts: u32,
-    /// Wait before the second launch of a job; doubles per further attempt.
+    /// Wait before the second launch of a job; doubles per further failure,
+    /// up to `launch_backoff_max`.
     #[serde(default = "defaults::launch_backoff", with = "duration")]
     pub launch_backoff: Duration,
+    /// The longest wait between launches of a job. Failures that are not the
+    /// job's own (GitHub 5xx and rate limits, provider faults) never give it
+    /// up: it is retried this often at most until it runs or is cancelled.
+    #[serde(default = "defaults::launch_backoff_max", with = "duration")]
+    pub launch_backoff_max: Duration,
     /// A provider launch or destroy that takes longer has failed.
     #[serde(default = "defaults::provider_timeout", with = "duration")]
     pub provider_timeout: Duration,
@@ -158,6 +164,9 @@ pub fn validate<P>(
     if scheduler.max_concurrent_launches == 0 {
         return err("scheduler.max_concurrent_launches".into(), "expected at least 1");
     }
+    if scheduler.launch_backoff_max < scheduler.launch_backoff {
+        return err("scheduler.launch_backoff_max".into(), "expected at least launch_backoff");
+    }
     if scheduler.reconcile_interval.is_zero() {
         return err("scheduler.reconcile_interval".into(), "expected more than 0s");
     }
@@ -209,6 +218,7 @@ impl Default for SchedulerConfig {
             max_lifetime: defaults::max_lifetime(),
             launch_attempts: defaults::launch_attempts(),
             launch_backoff: defaults::launch_backoff(),
+            launch_backoff_max: defaults::launch_backoff_max(),
             provider_timeout: defaults::provider_timeout(),
             max_concurrent_launches: defaults::max_concurrent_launches(),
             runner_group_id: defaults::runner_group_id(),
@@ -237,6 +247,9 @@ mod defaults {
     }
     pub(super) fn launch_backoff() -> Duration {
         Duration::from_secs(5)
+    }
+    pub(super) fn launch_backoff_max() -> Duration {
+        Duration::from_secs(300)
     }
     pub(super) fn provider_timeout() -> Duration {
         Duration::from_secs(300)

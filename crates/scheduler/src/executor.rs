@@ -17,8 +17,11 @@
 //! 5. `registered → launched` ([`step_record_launched`]).
 //!
 //! Steps do not retry: a failure at any step ([`StepError`]) tears the
-//! runner down ([`runner_teardown`]) and charges the job one failed launch;
-//! the planner retries with backoff (`launch_attempts`, `launch_backoff`).
+//! runner down ([`runner_teardown`]) and records one failed launch on the
+//! job, of the kind [`StepError::failure_kind`] says: an infrastructure
+//! failure (GitHub 5xx, rate limit, timeout, provider fault) only backs
+//! off, one of the job's own counts against `launch_attempts`; the planner
+//! retries with backoff (`launch_backoff` up to `launch_backoff_max`).
 //!
 //! # Tearing a runner down
 //! 1. A runner that never got a job is re-read on GitHub first; if GitHub
@@ -38,7 +41,7 @@ use std::time::Instant;
 
 use hangar_github::{GitHubError, JitConfig, JitConfigRequest, RunnerDeletion};
 use hangar_provider::{Instance, InstanceState, RunnerSpec};
-use hangar_store::StoreError;
+use hangar_store::{FailureKind, StoreError};
 use hangar_types::{
     ErrorChain, GitHubRunnerId, JobId, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp,
 };
@@ -121,8 +124,8 @@ pub(crate) async fn execute(
                 if let (Some(record), Some(guard)) =
                     (runners.get(runner), InFlight::claim(lc, runner.as_str()))
                 {
-                    let (lc, record, reason, failure_of) =
-                        (lc.clone(), (*record).clone(), reason.to_string(), *failure_of);
+                    let failure_of = failure_of.map(|job| (job, reason.failure_kind()));
+                    let (lc, record, reason) = (lc.clone(), (*record).clone(), reason.to_string());
                     lc.clone().task_spawn(async move {
                         let _guard = guard;
                         let Some(_permit) = slot(&lc, &lc.teardown_slots).await else { return };
@@ -221,19 +224,24 @@ async fn runner_create_finish(
         Ok(()) => return,
         Err(failure) => failure,
     };
-    let (step, retryable) = (failure.step(), failure.is_retryable());
-    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, step = %step, retryable, error = %ErrorChain(&failure), "Runner launch failed; tearing it down.");
-    metrics::counter!(crate::metrics::RUNNER_LAUNCH_FAILURES, "pool" => runner.pool.0.clone())
-        .increment(1);
-    // The job's recorded error keeps the whole chain.
+    let (step, kind) = (failure.step(), failure.failure_kind());
+    tracing::warn!(runner_id = %runner.id, pool = %runner.pool, step = %step, kind = kind.as_str(), error = %ErrorChain(&failure), "Runner launch failed; tearing it down.");
+    metrics::counter!(
+        crate::metrics::RUNNER_LAUNCH_FAILURES,
+        "pool" => runner.pool.0.clone(),
+        "kind" => kind.as_str()
+    )
+    .increment(1);
+    // The job's recorded error keeps the whole chain; the event says whose.
     let failure = chain(&failure);
-    event(lc, &runner.id, "launch_failed", &failure).await;
+    event(lc, &runner.id, "launch_failed", &format!("{}: {failure}", kind.as_str())).await;
     // Re-read: the record may have moved on since.
     if let Ok(Some(fresh)) = lc.store.runner_get(&runner.id).await {
         runner = fresh;
     }
     let reason = format!("launch failed: {failure}");
-    runner_teardown(lc, runner.clone(), &reason, runner.for_job).await;
+    let failure_of = runner.for_job.map(|job| (job, kind));
+    runner_teardown(lc, runner.clone(), &reason, failure_of).await;
 }
 
 async fn runner_create_steps(
@@ -392,13 +400,14 @@ async fn runner_ready(lc: &Lifecycle, record: &RunnerRecord) -> Result<(), Store
     .map(|_| ())
 }
 
-/// Tears `runner` down for `reason`; see the module docs. Errors are
-/// logged and left for the next activation, which resumes from `draining`.
+/// Tears `runner` down for `reason`; see the module docs. `failure_of`
+/// is the job charged a failed launch of that kind. Errors are logged and
+/// left for the next activation, which resumes from `draining`.
 pub async fn runner_teardown(
     lc: &Lifecycle,
     runner: RunnerRecord,
     reason: &str,
-    failure_of: Option<JobId>,
+    failure_of: Option<(JobId, FailureKind)>,
 ) {
     let id = runner.id.clone();
     if let Err(error) = runner_teardown_steps(lc, runner, reason, failure_of).await {
@@ -410,7 +419,7 @@ async fn runner_teardown_steps(
     lc: &Lifecycle,
     mut runner: RunnerRecord,
     reason: &str,
-    failure_of: Option<JobId>,
+    failure_of: Option<(JobId, FailureKind)>,
 ) -> Result<(), StepError> {
     if runner.state == RunnerState::Gone {
         return Ok(());
@@ -435,9 +444,9 @@ async fn runner_teardown_steps(
             return Err(StepError::Moved { step, state: runner.state });
         }
         tracing::info!(runner_id = %runner.id, pool = %runner.pool, reason = %reason, "Runner draining.");
-        if let Some(job) = failure_of {
+        if let Some((job, kind)) = failure_of {
             lc.store
-                .job_launch_failure_record(job, reason, chrono::Utc::now())
+                .job_launch_failure_record(job, kind, reason, chrono::Utc::now())
                 .await
                 .map_err(StepError::store(Step::ChargeFailure))?;
         }

@@ -35,8 +35,8 @@ pub const ALL: &[Metric] = &[
         name: RUNNER_LAUNCH_FAILURES,
         kind: MetricKind::Counter,
         unit: MetricUnit::Count,
-        labels: &["pool"],
-        help: "Runner launches that failed and were torn down, by pool (a name from the config).",
+        labels: &["pool", "kind"],
+        help: "Runner launches that failed and were torn down, by pool (a name from the config) and kind: `infrastructure` (GitHub or the provider failing: backs off, never gives the job up) or `job` (counts against `launch_attempts`).",
     },
     Metric {
         name: RUNNER_JIT_MINT_SECONDS,

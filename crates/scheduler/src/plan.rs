@@ -24,13 +24,20 @@
 //!    reaped for idleness or age, and nothing GitHub lists as busy is torn
 //!    down at all; the executor re-reads GitHub before any delete as a
 //!    second guard.
-//! 3. **Matching.** Queued jobs, oldest first, each take one available
-//!    runner of a pool whose labels are a superset of theirs (a runner made
-//!    for the job first). Demand is counted, not pinned: on GitHub any
+//! 3. **Matching.** Queued jobs outside the runner scope (another
+//!    organization's or repository's, e.g. from another installation of
+//!    the App) get no runner and say so. The others, oldest first, each
+//!    take one available runner of a pool whose labels are a superset of
+//!    theirs (a runner made for the job first). Demand is counted, not pinned: on GitHub any
 //!    matching runner may take any matching job.
 //! 4. **Creating.** A job left without a runner gets a new one in the first
-//!    matching pool under its `max_runners`, unless its launches failed too
-//!    often (bounded retries) or it is backing off.
+//!    matching pool under its `max_runners`, unless it is backing off or its
+//!    own launches failed too often. Failures of the job's own (GitHub
+//!    refused the request as such, never picked up) count against
+//!    `launch_attempts`; infrastructure failures (GitHub 5xx, rate limits,
+//!    timeouts, provider faults, a runner that died before its job) only
+//!    back off, capped at `launch_backoff_max`, and are retried until the
+//!    job runs or is cancelled: a GitHub outage gives no job up.
 //! 5. **Hot runners.** Each pool keeps `min_hot` spare runners (+1 during
 //!    `keep_warm` after a completion); extra idle ones past the idle timeout
 //!    are reaped.
@@ -47,7 +54,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::time::Duration;
 
+use hangar_github::RunnerScope;
 use hangar_provider::{Instance, InstanceState};
+use hangar_store::FailureKind;
 use hangar_types::{
     JobId, JobState, Labels, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp,
 };
@@ -60,13 +69,19 @@ pub struct JobView {
     pub id: JobId,
     pub state: JobState,
     pub labels: Labels,
+    /// `owner/name`, compared with the runner scope.
+    pub repository: String,
     /// GitHub's `created_at`, else our first receive time; orders the queue.
     pub queued_at: Timestamp,
     /// The runner name GitHub reported (`in_progress`/`completed`).
     pub runner_name: Option<String>,
-    /// Runners made for this job that failed (launch error, never picked up).
+    /// Failures of the job's own ([`FailureKind::Job`]); bounded by
+    /// `launch_attempts`.
     pub launch_failures: u32,
+    /// Infrastructure failures ([`FailureKind::Infrastructure`]): back off only.
+    pub infra_failures: u32,
     pub last_failure_at: Option<Timestamp>,
+    pub last_failure_kind: Option<FailureKind>,
     pub last_error: Option<String>,
     /// The reason currently stored, so unchanged reasons are not rewritten.
     pub reason: Option<String>,
@@ -130,6 +145,21 @@ pub enum ReapReason {
     Resume,
 }
 
+impl ReapReason {
+    /// Whose failure it is when this reaps a runner made for a queued job
+    /// (`failure_of`): a runner that died or vanished before GitHub gave it
+    /// a job failed on the provider's side; one GitHub never handed its job
+    /// to counts against the job.
+    pub fn failure_kind(&self) -> FailureKind {
+        match self {
+            ReapReason::InstanceExited { .. } | ReapReason::InstanceMissing => {
+                FailureKind::Infrastructure
+            }
+            _ => FailureKind::Job,
+        }
+    }
+}
+
 impl fmt::Display for ReapReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -180,6 +210,18 @@ pub enum JobReason {
         retry_at: Timestamp,
         last_error: String,
     },
+    /// The latest failure was GitHub's or the provider's, not the job's.
+    InfraBackingOff {
+        failures: u32,
+        retry_at: Timestamp,
+        last_error: String,
+    },
+    /// The job's repository is outside `runner_scope`: hangar's runners
+    /// could never take it.
+    OutsideScope {
+        repository: String,
+        scope: RunnerScope,
+    },
     /// A runner is being created for it right now.
     Creating {
         pool: PoolName,
@@ -208,6 +250,21 @@ impl fmt::Display for JobReason {
                 "launch failed {attempts}×, retrying at {}: {last_error}",
                 retry_at.format("%H:%M:%S")
             ),
+            JobReason::InfraBackingOff { failures, retry_at, last_error } => write!(
+                f,
+                "launch failed {failures}× on GitHub's or the provider's side (not counted \
+                 against the job), retrying at {}: {last_error}",
+                retry_at.format("%H:%M:%S")
+            ),
+            JobReason::OutsideScope { repository, scope: RunnerScope::Organization(org) } => {
+                write!(
+                    f,
+                    "outside runner scope: repository {repository} is not in organization {org}"
+                )
+            }
+            JobReason::OutsideScope { repository, scope } => {
+                write!(f, "outside runner scope: repository {repository} is not {scope}")
+            }
             JobReason::Creating { pool } => write!(f, "creating a runner in pool {pool}"),
             JobReason::RunnerOnItsWay { runner } => write!(f, "runner {runner} is on its way"),
         }
@@ -225,7 +282,8 @@ pub enum Action {
     /// The provider reports the instance running: record when.
     RunnerReady { runner: RunnerId },
     /// Tear a runner down: re-read GitHub, delete the registration unless
-    /// busy, destroy the instance. `failure_of` is charged one failed launch.
+    /// busy, destroy the instance. `failure_of` is charged one failed launch
+    /// (of the kind [`ReapReason::failure_kind`] says).
     RunnerReap { runner: RunnerId, reason: ReapReason, failure_of: Option<JobId> },
     /// Destroy an instance the store does not know.
     InstanceDestroy { pool: PoolName, runner: RunnerId },
@@ -473,8 +531,19 @@ impl<'a> Planner<'a> {
             })
             .collect();
         available.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
-        let mut queued: Vec<&JobView> =
-            self.s.jobs.iter().filter(|j| j.state == JobState::Queued).collect();
+        let mut queued: Vec<&JobView> = Vec::new();
+        for job in self.s.jobs.iter().filter(|j| j.state == JobState::Queued) {
+            match &self.config.runner_scope {
+                Some(scope) if !scope.covers(&job.repository) => {
+                    let reason = JobReason::OutsideScope {
+                        repository: job.repository.clone(),
+                        scope: scope.clone(),
+                    };
+                    self.reason_set(job, &reason);
+                }
+                _ => queued.push(job),
+            }
+        }
         queued.sort_by_key(|j| (j.queued_at, j.id));
 
         // Jobs charged a failure in this plan wait for the next one, which
@@ -515,10 +584,7 @@ impl<'a> Planner<'a> {
             } else {
                 self.create_for(job, &pools)
             };
-            let reason = reason.to_string();
-            if job.reason.as_deref() != Some(reason.as_str()) {
-                self.actions.push(Action::JobReasonSet { job: job.id, reason: Some(reason) });
-            }
+            self.reason_set(job, &reason);
         }
         for job in &self.s.jobs {
             if job.state > JobState::Queued && job.reason.is_some() {
@@ -528,17 +594,34 @@ impl<'a> Planner<'a> {
         available
     }
 
+    /// Stores `reason` on a queued job unless it is the one stored.
+    fn reason_set(&mut self, job: &JobView, reason: &JobReason) {
+        let reason = reason.to_string();
+        if job.reason.as_deref() != Some(reason.as_str()) {
+            self.actions.push(Action::JobReasonSet { job: job.id, reason: Some(reason) });
+        }
+    }
+
     fn create_for(&mut self, job: &JobView, pools: &[&'a PoolConfig]) -> JobReason {
         let attempts = job.launch_failures;
         let last_error = job.last_error.clone().unwrap_or_else(|| "unknown error".into());
         if attempts >= self.config.launch_attempts {
             return JobReason::LaunchFailed { attempts, last_error };
         }
-        if let (Some(failed_at), true) = (job.last_failure_at, attempts > 0) {
-            let retry_at =
-                failed_at + chrono_duration(backoff(self.config.launch_backoff, attempts));
+        // Every failure lengthens the wait, whoever's it was; only the job's
+        // own give it up (above).
+        let failures = attempts.saturating_add(job.infra_failures);
+        if let (Some(failed_at), true) = (job.last_failure_at, failures > 0) {
+            let wait =
+                backoff(self.config.launch_backoff, failures, self.config.launch_backoff_max);
+            let retry_at = failed_at + chrono_duration(wait);
             if retry_at > self.s.now {
-                return JobReason::BackingOff { attempts, retry_at, last_error };
+                return match job.last_failure_kind {
+                    Some(FailureKind::Infrastructure) => {
+                        JobReason::InfraBackingOff { failures, retry_at, last_error }
+                    }
+                    _ => JobReason::BackingOff { attempts, retry_at, last_error },
+                };
             }
         }
         let mut first_unhealthy = None;
@@ -655,9 +738,9 @@ enum Lookup {
     Exited(Option<i32>),
 }
 
-/// The wait before launch attempt `attempts + 1`: `base`, doubling, at most 64×.
-pub fn backoff(base: Duration, attempts: u32) -> Duration {
-    base * 2u32.pow(attempts.saturating_sub(1).min(6))
+/// The wait after `failures` failed launches: `base`, doubling, at most `max`.
+pub fn backoff(base: Duration, failures: u32, max: Duration) -> Duration {
+    base.saturating_mul(2u32.pow(failures.saturating_sub(1).min(20))).min(max)
 }
 
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {

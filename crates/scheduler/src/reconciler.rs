@@ -322,10 +322,13 @@ impl Lifecycle {
                     id: record.fields.id,
                     state: record.state,
                     labels: record.fields.labels.clone(),
+                    repository: record.fields.repository.clone(),
                     queued_at: record.received.queued.or(record.fields.created_at).unwrap_or(now),
                     runner_name: record.fields.runner.as_ref().map(|r| r.name.clone()),
                     launch_failures: active.notes.launch_failures,
+                    infra_failures: active.notes.infra_failures,
                     last_failure_at: active.notes.last_failure_at,
+                    last_failure_kind: active.notes.last_failure_kind,
                     last_error: active.notes.last_error,
                     reason: active.notes.reason,
                 }

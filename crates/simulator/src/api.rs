@@ -125,7 +125,8 @@ async fn api_layer(
         } else if state.chance(faults.api_rate_limit) {
             Fault::RateLimited(faults.api_retry_after_secs, faults.api_rate_limit_forbidden)
         } else if state.chance(faults.api_fail) {
-            Fault::Fail([500, 502, 503][state.rng.random_range(0..3)])
+            let drawn = [500, 502, 503][state.rng.random_range(0..3)];
+            Fault::Fail(faults.api_fail_status.unwrap_or(drawn))
         } else if state.chance(faults.api_timeout) {
             Fault::Timeout(faults.api_timeout_hang)
         } else if mutating && state.chance(faults.api_lost_response) {

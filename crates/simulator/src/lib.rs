@@ -55,7 +55,8 @@
 //!   [`SimConfig::rate_limit`] a real budget per window (403 when spent).
 //! - **Faults** ([`Faults`], changeable at any time): drop (logged as failed),
 //!   vanish (never sent nor logged), duplicate, reorder and delay webhooks;
-//!   fail (5xx), lose the response of (effect applied, 502 returned), time
+//!   fail (5xx, or a given status; at rate 1.0 an outage until the faults
+//!   change), lose the response of (effect applied, 502 returned), time
 //!   out, slow down or rate-limit (429 with `retry-after`) API calls.
 //!
 //! Randomness comes from one seeded RNG ([`SimConfig::seed`]) so a failing
@@ -169,8 +170,12 @@ pub struct Faults {
     pub webhook_reorder_delay: Duration,
     /// Added to every webhook.
     pub webhook_delay: Duration,
-    /// API call answered 500/502/503 without effect.
+    /// API call answered 500/502/503 without effect. With `1.0` (and
+    /// `api_endpoints`) an outage that lasts until the faults are changed.
     pub api_fail: f64,
+    /// The status `api_fail` answers with instead of a 5xx drawn at
+    /// random, e.g. 422: a request GitHub refuses as such.
+    pub api_fail_status: Option<u16>,
     /// Mutating API call performed, then answered 502 (lost response).
     pub api_lost_response: f64,
     /// API call that hangs for `api_timeout_hang`, then answers 504.

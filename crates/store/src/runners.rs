@@ -20,9 +20,44 @@ use crate::{AnyQuery, Store, StoreError, from_ms, to_ms};
 pub struct JobNotes {
     /// Why the job has no runner (yet); `None` once it has one.
     pub reason: Option<String>,
+    /// Failed launches of [`FailureKind::Job`]: these give a job up.
     pub launch_failures: u32,
+    /// Failed launches of [`FailureKind::Infrastructure`]: these only back off.
+    pub infra_failures: u32,
     pub last_failure_at: Option<Timestamp>,
+    pub last_failure_kind: Option<FailureKind>,
     pub last_error: Option<String>,
+}
+
+/// Whose a failed launch was, which decides whether it counts against the
+/// job's bounded attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The job's own, or one that trying again cannot fix without someone
+    /// changing something (GitHub refused the request as such, the pool is
+    /// gone, GitHub never gave the job to its runner): counted.
+    Job,
+    /// GitHub or the provider failing (5xx, rate limits, timeouts, transport,
+    /// capacity): not the job's; it backs off and tries again until the job
+    /// runs or is cancelled.
+    Infrastructure,
+}
+
+impl FailureKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Job => "job",
+            FailureKind::Infrastructure => "infrastructure",
+        }
+    }
+
+    fn parse(text: &str) -> Option<FailureKind> {
+        match text {
+            "job" => Some(FailureKind::Job),
+            "infrastructure" => Some(FailureKind::Infrastructure),
+            _ => None,
+        }
+    }
 }
 
 /// A job the scheduler still has to care about, with its notes.
@@ -274,8 +309,8 @@ impl Store {
     /// completed ones still holding a live runner; with their notes.
     pub async fn job_list_active(&self) -> Result<Vec<ActiveJob>, StoreError> {
         let rows = sqlx::query(
-            "SELECT j.job_id, j.record, l.reason, l.launch_failures, l.last_failure_at_ms, \
-               l.last_error \
+            "SELECT j.job_id, j.record, l.reason, l.launch_failures, l.infra_failures, \
+               l.last_failure_at_ms, l.last_failure_kind, l.last_error \
              FROM jobs j LEFT JOIN job_lifecycle l ON l.job_id = j.job_id \
              WHERE j.state <> 'completed' \
                 OR j.job_id IN (SELECT job_id FROM runners WHERE state <> 'gone' AND job_id IS NOT NULL) \
@@ -298,7 +333,8 @@ impl Store {
     /// The scheduler's notes on `job` (default when it has none).
     pub async fn job_notes_get(&self, job: JobId) -> Result<JobNotes, StoreError> {
         let row = sqlx::query(
-            "SELECT reason, launch_failures, last_failure_at_ms, last_error \
+            "SELECT reason, launch_failures, infra_failures, last_failure_at_ms, \
+               last_failure_kind, last_error \
              FROM job_lifecycle WHERE job_id = $1",
         )
         .bind(job.0)
@@ -332,23 +368,35 @@ impl Store {
         tx.commit().await.map_err(StoreError::query("setting reasons"))
     }
 
-    /// Counts one failed launch (or never-picked-up runner) against `job`.
+    /// Records one failed launch (or never-picked-up runner) of `job`, of
+    /// `kind`: it counts as a launch failure or an infrastructure failure.
     pub async fn job_launch_failure_record(
         &self,
         job: JobId,
+        kind: FailureKind,
         error: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
+        let (job_failures, infra_failures) = match kind {
+            FailureKind::Job => (1_i64, 0_i64),
+            FailureKind::Infrastructure => (0, 1),
+        };
         sqlx::query(
-            "INSERT INTO job_lifecycle (job_id, launch_failures, last_failure_at_ms, last_error, \
-               updated_at_ms) VALUES ($1, 1, $2, $3, $2) \
+            "INSERT INTO job_lifecycle (job_id, launch_failures, infra_failures, \
+               last_failure_at_ms, last_failure_kind, last_error, updated_at_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $4) \
              ON CONFLICT (job_id) DO UPDATE SET \
-               launch_failures = job_lifecycle.launch_failures + 1, \
+               launch_failures = job_lifecycle.launch_failures + excluded.launch_failures, \
+               infra_failures = job_lifecycle.infra_failures + excluded.infra_failures, \
                last_failure_at_ms = excluded.last_failure_at_ms, \
+               last_failure_kind = excluded.last_failure_kind, \
                last_error = excluded.last_error, updated_at_ms = excluded.updated_at_ms",
         )
         .bind(job.0)
+        .bind(job_failures)
+        .bind(infra_failures)
         .bind(to_ms(now))
+        .bind(kind.as_str())
         .bind(error)
         .execute(self.pool())
         .await
@@ -358,11 +406,17 @@ impl Store {
 }
 
 fn decode_notes(row: &AnyRow) -> JobNotes {
-    let failures: Option<i64> = row.get("launch_failures");
+    let count = |column: &str| {
+        let n: Option<i64> = row.get(column);
+        u32::try_from(n.unwrap_or(0)).unwrap_or(u32::MAX)
+    };
+    let kind: Option<String> = row.get("last_failure_kind");
     JobNotes {
         reason: row.get("reason"),
-        launch_failures: u32::try_from(failures.unwrap_or(0)).unwrap_or(u32::MAX),
+        launch_failures: count("launch_failures"),
+        infra_failures: count("infra_failures"),
         last_failure_at: row.get::<Option<i64>, _>("last_failure_at_ms").map(from_ms),
+        last_failure_kind: kind.as_deref().and_then(FailureKind::parse),
         last_error: row.get("last_error"),
     }
 }

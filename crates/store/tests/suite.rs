@@ -68,7 +68,17 @@ store_suite!(
     runner_writes_follow_the_state_machine_and_generations,
     job_notes_and_active_jobs,
     the_last_job_end_per_pool_survives_in_the_store,
+    retention_deletes_old_history_and_keeps_what_is_live,
+    retention_deletes_in_batches,
+    the_retention_task_runs_a_pass_at_start_and_stops_when_told,
 );
+
+#[path = "suite/retention.rs"]
+mod retention;
+use retention::{
+    retention_deletes_in_batches, retention_deletes_old_history_and_keeps_what_is_live,
+    the_retention_task_runs_a_pass_at_start_and_stops_when_told,
+};
 
 #[path = "suite/runners.rs"]
 mod runners;

@@ -57,6 +57,20 @@ impl RunnerScope {
         }
     }
 
+    /// Whether runners registered here can take jobs of `repository`
+    /// (`owner/name`): an organization's runners take its repositories'
+    /// jobs, a repository's runners that repository's. Logins and names
+    /// compare without case, as on GitHub.
+    pub fn covers(&self, repository: &str) -> bool {
+        let Some((owner, name)) = repository.split_once('/') else { return false };
+        match self {
+            RunnerScope::Organization(org) => owner.eq_ignore_ascii_case(org),
+            RunnerScope::Repository { owner: o, repo } => {
+                owner.eq_ignore_ascii_case(o) && name.eq_ignore_ascii_case(repo)
+            }
+        }
+    }
+
     /// The URL path prefix of the scope: `/orgs/{org}` or `/repos/{owner}/{repo}`.
     pub fn path(&self) -> String {
         match self {
@@ -289,4 +303,23 @@ pub trait GitHubApi: Send + Sync + std::fmt::Debug {
 
     /// The rate-limit picture after the latest response (for `/metrics`).
     fn rate_budget(&self) -> RateBudget;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::RunnerScope;
+
+    #[test]
+    fn a_scope_covers_its_own_repositories_only() {
+        let org = RunnerScope::parse("Octo-Org").expect("org");
+        assert!(org.covers("octo-org/app"));
+        assert!(org.covers("OCTO-ORG/lib"));
+        assert!(!org.covers("other-org/app"));
+        assert!(!org.covers("octo-org-evil/app"), "a prefix is not the owner");
+        assert!(!org.covers("octo-org"), "not owner/name");
+        let repo = RunnerScope::parse("octo-org/app").expect("repo");
+        assert!(repo.covers("Octo-Org/App"));
+        assert!(!repo.covers("octo-org/lib"));
+        assert!(!repo.covers("other-org/app"));
+    }
 }

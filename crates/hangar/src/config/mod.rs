@@ -245,6 +245,9 @@ fn resolve(
     if !(database_url.starts_with("sqlite:") || database_url.starts_with("postgres")) {
         return Err(invalid("store.url", "expected a sqlite://PATH or postgres://... URL".into()));
     }
+    if let Err((key, expected)) = file.store.validate() {
+        return Err(invalid(key, expected.to_owned()));
+    }
     let api_token =
         secret(&invalid, "server.api_token", ENV_API_TOKEN, env, &file.server.api_token)?;
     let webhook_secret =

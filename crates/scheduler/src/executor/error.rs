@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use hangar_github::GitHubError;
 use hangar_provider::ProviderError;
-use hangar_store::StoreError;
+use hangar_store::{FailureKind, StoreError};
 use hangar_types::{PoolName, RunnerState};
 
 /// The steps of creating and tearing down a runner (see the module docs of
@@ -120,6 +120,14 @@ impl StepError {
         }
     }
 
+    /// Whose failure it is when it fails a creation: a retryable one is
+    /// the infrastructure's (it backs off, never gives the job up); the
+    /// rest cannot succeed on a retry without someone changing something
+    /// and count against the job's `launch_attempts`.
+    pub fn failure_kind(&self) -> FailureKind {
+        if self.is_retryable() { FailureKind::Infrastructure } else { FailureKind::Job }
+    }
+
     pub(crate) fn github(step: Step) -> impl FnOnce(GitHubError) -> StepError {
         move |source| StepError::GitHub { step, source }
     }
@@ -149,9 +157,18 @@ mod tests {
             "minting the JIT config: a runner named \"hangar-linux-1\" already exists in octo-org"
         );
         assert!(!error.is_retryable());
+        assert_eq!(error.failure_kind(), FailureKind::Job);
         assert_eq!(error.step(), Step::Mint);
+        let outage = StepError::github(Step::Mint)(GitHubError::Status {
+            method: "POST",
+            path: "/orgs/octo-org/actions/runners/generate-jitconfig".into(),
+            status: 503,
+            message: "unavailable".into(),
+        });
+        assert_eq!(outage.failure_kind(), FailureKind::Infrastructure);
         let timeout = StepError::Timeout { step: Step::Launch, after: Duration::from_secs(3) };
         assert_eq!(timeout.to_string(), "launching the instance: timed out after 3s");
         assert!(timeout.is_retryable());
+        assert_eq!(timeout.failure_kind(), FailureKind::Infrastructure);
     }
 }

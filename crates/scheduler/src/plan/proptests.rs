@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use hangar_provider::{Instance, InstanceState};
+use hangar_store::FailureKind;
 use hangar_types::{JobId, JobState, Labels, PoolName, RunnerId, RunnerRecord, RunnerState};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
@@ -290,10 +291,13 @@ fn build(draw: &Draw) -> (Vec<PoolConfig>, World) {
             id: JobId(id),
             state: d.state,
             labels: Labels::new(d.labels.iter().copied()),
+            repository: "octo-org/app".into(),
             queued_at: t(id),
             runner_name,
             launch_failures: d.launch_failures,
+            infra_failures: 0,
             last_failure_at: d.failed_ago.filter(|_| d.launch_failures > 0).map(|a| t(NOW - a)),
+            last_failure_kind: (d.launch_failures > 0).then_some(FailureKind::Job),
             last_error: (d.launch_failures > 0).then(|| "boom".to_owned()),
             reason: d.stale_reason.then(|| "stale reason".to_owned()),
         });
@@ -403,7 +407,8 @@ impl World {
                     if let Some(r) = seen.get(runner)
                         && claimed.insert(runner.clone())
                     {
-                        self.teardown((*r).clone(), &reason.to_string(), *failure_of)?;
+                        let failure = failure_of.map(|job| (job, reason.failure_kind()));
+                        self.teardown((*r).clone(), &reason.to_string(), failure)?;
                     }
                 }
                 Action::InstanceDestroy { pool, runner } => {
@@ -463,7 +468,7 @@ impl World {
         &mut self,
         mut runner: RunnerRecord,
         reason: &str,
-        failure_of: Option<JobId>,
+        failure_of: Option<(JobId, FailureKind)>,
     ) -> Result<(), String> {
         if runner.state != RunnerState::Draining {
             let busy = self.registration_of(&runner).is_some_and(|r| r.busy);
@@ -474,9 +479,15 @@ impl World {
                 r.state = RunnerState::Draining;
                 r.reason = Some(reason.to_owned());
             })?;
-            if let Some(job) = failure_of.and_then(|id| self.jobs.iter_mut().find(|j| j.id == id)) {
-                job.launch_failures += 1;
+            if let Some((job, kind)) = failure_of
+                && let Some(job) = self.jobs.iter_mut().find(|j| j.id == job)
+            {
+                match kind {
+                    FailureKind::Job => job.launch_failures += 1,
+                    FailureKind::Infrastructure => job.infra_failures += 1,
+                }
                 job.last_failure_at = Some(t(NOW));
+                job.last_failure_kind = Some(kind);
                 job.last_error = Some(reason.to_owned());
             }
         }

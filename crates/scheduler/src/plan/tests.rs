@@ -10,6 +10,9 @@ use hangar_types::{
     JobId, JobState, Labels, PoolName, RunnerId, RunnerRecord, RunnerState, Timestamp,
 };
 
+use hangar_github::RunnerScope;
+use hangar_store::FailureKind;
+
 use super::{Action, JobView, ReapReason, Registration, Snapshot, plan};
 use crate::config::{PoolConfig, SchedulerConfig};
 
@@ -44,10 +47,13 @@ fn job(id: i64, state: JobState, labels: &[&str]) -> JobView {
         id: JobId(id),
         state,
         labels: Labels::new(labels.iter().copied()),
+        repository: "octo-org/app".into(),
         queued_at: t(id),
         runner_name: None,
         launch_failures: 0,
+        infra_failures: 0,
         last_failure_at: None,
+        last_failure_kind: None,
         last_error: None,
         reason: None,
     }
@@ -190,6 +196,95 @@ fn launch_failures_are_retried_with_backoff_then_given_up() {
     assert_eq!(reasons(&actions), vec![(1, Some("launch failed 3×: boom".into()))]);
 }
 
+/// A GitHub outage (or a provider fault) fails launch after launch: the
+/// job backs off, up to `launch_backoff_max`, says why, and is never given
+/// up; its own failures still are, after `launch_attempts`.
+#[test]
+fn infrastructure_failures_back_off_capped_and_never_give_a_job_up() {
+    let config = SchedulerConfig { launch_backoff_max: Duration::from_secs(60), ..config() };
+    let mut failing = job(1, JobState::Queued, &["linux"]);
+    failing.infra_failures = 40;
+    failing.last_failure_at = Some(t(100));
+    failing.last_failure_kind = Some(FailureKind::Infrastructure);
+    failing.last_error = Some("minting the JIT config: github answered 503".into());
+    let mut w = world(159);
+    w.jobs = vec![failing.clone()];
+    let actions = plan(&config, &pools(), &w);
+    assert_eq!(creates(&actions), vec![]);
+    assert_eq!(
+        reasons(&actions)[0].1.as_deref(),
+        Some(
+            "launch failed 40× on GitHub's or the provider's side (not counted against the \
+             job), retrying at 22:16:00: minting the JIT config: github answered 503"
+        )
+    );
+    // The wait is capped: 60 s after the last failure it tries again.
+    w.now = t(161);
+    assert_eq!(creates(&plan(&config, &pools(), &w)), vec![("linux".into(), Some(1))]);
+    // Its own failures below the bound: still retried, after both kinds' backoff.
+    failing.launch_failures = 2;
+    failing.last_failure_kind = Some(FailureKind::Job);
+    w.jobs = vec![failing.clone()];
+    assert_eq!(creates(&plan(&config, &pools(), &w)), vec![("linux".into(), Some(1))]);
+    failing.launch_failures = 3;
+    w.jobs = vec![failing];
+    let actions = plan(&config, &pools(), &w);
+    assert_eq!(creates(&actions), vec![]);
+    assert!(reasons(&actions)[0].1.as_deref().is_some_and(|r| r.starts_with("launch failed 3×: ")));
+}
+
+/// Another organization's job (another installation of the App, or an
+/// org-wide hook with a repository scope) is never given a runner: not a
+/// new one, not a spare one; it says why.
+#[test]
+fn jobs_outside_the_runner_scope_get_no_runner_and_say_why() {
+    let org = SchedulerConfig {
+        runner_scope: Some(RunnerScope::Organization("octo-org".into())),
+        ..config()
+    };
+    let mut w = world(10);
+    let mut foreign = job(1, JobState::Queued, &["linux"]);
+    foreign.repository = "other-org/app".into();
+    w.jobs = vec![foreign.clone(), job(2, JobState::Queued, &["linux"])];
+    let actions = plan(&org, &pools(), &w);
+    assert_eq!(creates(&actions), vec![("linux".into(), Some(2))]);
+    assert_eq!(
+        reasons(&actions)[0],
+        (
+            1,
+            Some(
+                "outside runner scope: repository other-org/app is not in organization octo-org"
+                    .into()
+            )
+        )
+    );
+    // A spare runner is not handed to it either.
+    w.jobs = vec![foreign];
+    w.runners = vec![runner("linux", 7, RunnerState::Launched, None)];
+    w.instances
+        .insert(PoolName("linux".into()), vec![instance("linux", 7, InstanceState::Running)]);
+    let actions = plan(&org, &pools(), &w);
+    assert!(
+        reasons(&actions)
+            .iter()
+            .all(|(_, r)| r.as_deref().is_some_and(|r| r.starts_with("outside"))),
+        "{actions:?}"
+    );
+    assert_eq!(creates(&actions), vec![]);
+    // A repository scope: the other repositories of the same owner are outside.
+    let repo = SchedulerConfig { runner_scope: RunnerScope::parse("octo-org/app"), ..config() };
+    let mut sibling = job(3, JobState::Queued, &["linux"]);
+    sibling.repository = "octo-org/lib".into();
+    let mut w = world(10);
+    w.jobs = vec![sibling, job(4, JobState::Queued, &["linux"])];
+    let actions = plan(&repo, &pools(), &w);
+    assert_eq!(creates(&actions), vec![("linux".into(), Some(4))]);
+    assert_eq!(
+        reasons(&actions)[0],
+        (3, Some("outside runner scope: repository octo-org/lib is not octo-org/app".into()))
+    );
+}
+
 #[test]
 fn a_runner_on_its_way_is_counted_not_duplicated() {
     let mut w = world(10);
@@ -256,6 +351,16 @@ fn finished_and_dead_runners_are_reaped_and_failures_charged() {
             (rid("linux", 3), "instance disappeared from the provider".into(), Some(3)),
         ]
     );
+    // A runner that died before GitHub gave it a job failed on the
+    // provider's side: charged as an infrastructure failure.
+    let kinds: Vec<FailureKind> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::RunnerReap { reason, failure_of: Some(_), .. } => Some(reason.failure_kind()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds, [FailureKind::Infrastructure, FailureKind::Infrastructure]);
     // The reaped runners still count against max until gone: no room to replace yet.
     assert_eq!(creates(&actions), vec![]);
 }
@@ -429,8 +534,11 @@ fn running_instances_are_marked_ready_once() {
 #[test]
 fn reap_reason_display_is_stable() {
     assert_eq!(ReapReason::OrphanInstance.to_string(), "orphan instance (not in the store)");
-    assert_eq!(super::backoff(Duration::from_secs(5), 1), Duration::from_secs(5));
-    assert_eq!(super::backoff(Duration::from_secs(5), 3), Duration::from_secs(20));
+    let max = Duration::from_secs(300);
+    assert_eq!(super::backoff(Duration::from_secs(5), 1, max), Duration::from_secs(5));
+    assert_eq!(super::backoff(Duration::from_secs(5), 3, max), Duration::from_secs(20));
+    assert_eq!(super::backoff(Duration::from_secs(5), 7, max), max, "capped");
+    assert_eq!(super::backoff(Duration::from_secs(5), u32::MAX, max), max, "no overflow");
 }
 
 /// Hangar died after launching a runner but before recording it; GitHub

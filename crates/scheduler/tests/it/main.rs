@@ -6,5 +6,7 @@
 //! One test binary (one link step); one module per concern.
 
 mod burst;
+mod outage;
+mod scope;
 mod steps;
 mod world;

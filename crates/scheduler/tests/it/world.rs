@@ -59,6 +59,7 @@ pub(crate) fn config() -> SchedulerConfig {
         max_lifetime: Duration::from_secs(600),
         launch_attempts: 3,
         launch_backoff: Duration::from_millis(100),
+        launch_backoff_max: Duration::from_secs(2),
         provider_timeout: Duration::from_secs(10),
         max_concurrent_launches: 16,
         runner_group_id: 1,

@@ -1,6 +1,6 @@
 //! Runner rows, their events and the scheduler's job notes, on every backend.
 
-use hangar_store::StoreError;
+use hangar_store::{FailureKind, StoreError};
 use hangar_types::{
     GitHubRunnerId, JobAction, JobId, PoolName, RunnerId, RunnerRecord, RunnerState,
 };
@@ -101,11 +101,23 @@ pub(super) async fn job_notes_and_active_jobs(harness: &Harness) {
         .job_reason_set_batch(&[(JobId(big), Some("pool linux at max 2/2".into()))], at(2))
         .await
         .unwrap();
-    store.job_launch_failure_record(JobId(big), "boom", at(3)).await.unwrap();
-    store.job_launch_failure_record(JobId(big), "boom again", at(4)).await.unwrap();
+    store.job_launch_failure_record(JobId(big), FailureKind::Job, "boom", at(3)).await.unwrap();
+    store
+        .job_launch_failure_record(JobId(big), FailureKind::Infrastructure, "503", at(4))
+        .await
+        .unwrap();
+    let notes = store.job_notes_get(JobId(big)).await.unwrap();
+    assert_eq!((notes.launch_failures, notes.infra_failures), (1, 1));
+    assert_eq!(notes.last_failure_kind, Some(FailureKind::Infrastructure));
+    store
+        .job_launch_failure_record(JobId(big), FailureKind::Job, "boom again", at(4))
+        .await
+        .unwrap();
     let notes = store.job_notes_get(JobId(big)).await.unwrap();
     assert_eq!(notes.reason.as_deref(), Some("pool linux at max 2/2"));
     assert_eq!(notes.launch_failures, 2);
+    assert_eq!(notes.infra_failures, 1, "a failure of one kind leaves the other count alone");
+    assert_eq!(notes.last_failure_kind, Some(FailureKind::Job));
     assert_eq!(notes.last_error.as_deref(), Some("boom again"));
     assert_eq!(notes.last_failure_at, Some(at(4)));
     store.job_reason_set_batch(&[(JobId(big), None)], at(5)).await.unwrap();
