@@ -1325,3 +1325,42 @@ async fn refill_loop(inner: Weak<Inner>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_is_escaped_and_cut() {
+        assert_eq!(guest_text(b"a\nb\x1b[2J\r\t"), r"a\nb\u{1b}[2J\r\t");
+        assert_eq!(guest_text(b"\xff ok"), "\u{fffd} ok");
+        let long = guest_text("x".repeat(GUEST_TEXT_MAX + 10).as_bytes());
+        assert!(long.ends_with("… (10 more characters)"), "{long}");
+    }
+
+    #[test]
+    fn guest_lines_are_limited_per_minute() {
+        let mut log = GuestLog::new();
+        let t0 = log.window;
+        let allowed = (0..1000).filter(|_| log.allow_at("vm", t0)).count();
+        assert_eq!(allowed, GUEST_LOG_BURST as usize);
+        assert_eq!(log.dropped, 1000 - u64::from(GUEST_LOG_BURST));
+        assert!(log.allow_at("vm", t0 + GuestLog::WINDOW), "a new minute");
+        assert_eq!(log.dropped, 0, "the count was said and reset");
+    }
+
+    #[tokio::test]
+    async fn lines_over_the_limit_are_refused_without_being_held() {
+        let (mut guest, host) = tokio::io::duplex(4096);
+        let mut lines = LineReader::new(host, 16);
+        let writer = tokio::spawn(async move {
+            guest.write_all(b"short\n").await.unwrap();
+            let _ = guest.write_all(&[b'A'; 1 << 20]).await;
+        });
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), b"short");
+        assert!(matches!(lines.next_line().await, Err(LineError::TooLong)));
+        assert!(lines.line.len() <= 16);
+        drop(lines);
+        writer.await.unwrap();
+    }
+}

@@ -567,8 +567,40 @@ fn default_uplink() -> Result<String, NetError> {
 }
 
 #[cfg(test)]
+mod netns_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ruleset_checks_sources_and_drops_metadata_before_allow() {
+        let network = Network {
+            prefix: "hgabcd".into(),
+            table: "hangar_abcd0123".into(),
+            base: Ipv4Addr::new(172, 29, 0, 0),
+            dns: "1.1.1.1".into(),
+            uplink: "eth0".into(),
+            allow: vec!["168.63.0.0/16:80/tcp".parse().unwrap()],
+            forward_dir: FORWARD_DIR.into(),
+            nft: "nft".into(),
+            state: Mutex::new(NetState::default()),
+        };
+        let mut links = BTreeMap::new();
+        links.insert(1, ("hgabcd00000001".to_owned(), Ipv4Addr::new(172, 29, 0, 6)));
+        let rules = network.ruleset(&links);
+        let metadata = rules.find("168.63.129.16/32 } drop").expect("WireServer dropped");
+        let allow = rules.find("ip daddr 168.63.0.0/16 tcp dport 80 accept").expect("allow rule");
+        assert!(metadata < allow, "metadata is dropped whatever allow says:\n{rules}");
+        assert!(rules.contains("elements = { \"hgabcd00000001\" . 172.29.0.6 }"), "{rules}");
+        assert!(
+            rules.contains("iifname \"hgabcd*\" iifname . ip saddr != @vm_addrs drop"),
+            "{rules}"
+        );
+        assert_eq!(network.index_of(Ipv4Addr::new(172, 29, 0, 5)), Some(1));
+        assert_eq!(network.index_of(Ipv4Addr::new(172, 29, 0, 6)), None, "a guest address");
+        assert_eq!(network.index_of(Ipv4Addr::new(172, 30, 0, 5)), None, "another subnet");
+    }
 
     #[test]
     fn subnets_must_be_slash_16() {
