@@ -39,6 +39,9 @@ pub fn image_cache_dir(flag: Option<PathBuf>) -> PathBuf {
     )
 }
 
+/// How long one host probe (`qemu --version`, `nft --version`) may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The image cache of a hangar that has no `HOME`.
 pub const SYSTEM_IMAGE_CACHE: &str = "/var/lib/hangar";
 
@@ -184,7 +187,9 @@ pub(crate) fn auto_choose(facts: &HostFacts) -> AutoChoice {
 /// Gathers [`HostFacts`] for an `auto` pool's microVM settings.
 fn host_facts(settings: &MicrovmSettings) -> HostFacts {
     let qemu_path = settings.qemu.clone();
-    let run = |args: &[&str]| hangar_exec::output(Command::new(&qemu_path).args(args));
+    let run = |args: &[&str]| {
+        hangar_exec::output_within(Command::new(&qemu_path).args(args), PROBE_TIMEOUT)
+    };
     let qemu = match run(&["--version"]) {
         Ok(out) => {
             Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("qemu").to_owned())
@@ -256,8 +261,8 @@ fn nat_possible() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("microVM networking (tap + NAT) needs root".into());
     }
-    match std::process::Command::new("nft").arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
+    match hangar_exec::output_within(Command::new("nft").arg("--version"), PROBE_TIMEOUT) {
+        Ok(_) => Ok(()),
         _ => {
             Err("microVM networking needs nftables (`nft`): install the Debian package nftables"
                 .into())
