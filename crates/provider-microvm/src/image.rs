@@ -40,6 +40,7 @@ use std::time::Instant;
 
 use hangar_exec::{require, run};
 use hangar_guest_agent::AgentConfig;
+use hangar_types::ErrorChain;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -416,8 +417,8 @@ pub fn image_newest_trusted(cache: &Path) -> Result<ImageInfo, ImageError> {
         match image_trusted(&dir, &info) {
             Ok(()) => return Ok(info),
             Err(e) => {
-                tracing::warn!(image = %dir.display(), error = %hangar_types::ErrorChain(&e), "not booting an untrusted image");
-                refused.push(hangar_types::ErrorChain(&e).to_string());
+                tracing::warn!(image = %dir.display(), error = %ErrorChain(&e), "not booting an untrusted image");
+                refused.push(ErrorChain(&e).to_string());
             }
         }
     }
