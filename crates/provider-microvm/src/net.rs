@@ -103,6 +103,8 @@ struct NetState {
     expected: String,
     /// Why the pool is closed (taps down, no launches), if it is.
     closed: Option<String>,
+    /// The pool is gone and removed its table on purpose: not checked.
+    removed: bool,
 }
 
 /// One VM's link.
@@ -320,6 +322,9 @@ impl Network {
     /// fails. `Ok` means the pool's VMs are isolated now.
     pub(crate) fn check(&self) -> Result<(), NetError> {
         let mut state = self.state.lock().expect("net lock");
+        if state.removed {
+            return Ok(());
+        }
         let intact = self.table_listing().is_ok_and(|now| now == state.expected);
         if intact && state.closed.is_none() {
             return Ok(());
@@ -377,6 +382,7 @@ impl Network {
     /// Removes the pool's firewall table (when the pool is gone), and turns
     /// IPv4 forwarding back off if hangar turned it on and no pool needs it.
     pub(crate) fn firewall_remove(&self) {
+        self.state.lock().expect("net lock").removed = true;
         let _ = hangar_exec::run_within(
             Command::new(&self.nft).args(["delete", "table", "inet", &self.table]),
             EXEC_TIMEOUT,

@@ -107,6 +107,9 @@ impl Lab {
             "-qw",
             "net.ipv4.conf.all.rp_filter=0",
             "net.ipv4.conf.default.rp_filter=0",
+            // A new namespace inherits the test host's IPv4 settings:
+            // start with forwarding off, as on a host with no pool yet.
+            "net.ipv4.ip_forward=0",
         ]);
         world.run(&["ip", "addr", "add", &format!("{WORLD}/24"), "dev", "w0"]);
         for extra in [WIRESERVER, PRIVATE_HOST] {
@@ -344,17 +347,18 @@ fn after_a_restart_new_vms_never_get_a_surviving_vms_address() {
 }
 
 #[test]
-fn forwarding_state_stays_in_the_namespace() {
+fn forwarding_follows_the_pool_and_a_removed_table_stays_removed() {
     if !usable() {
         return;
     }
-    let root = std::fs::read_to_string(IP_FORWARD).unwrap();
     let lab = Lab::new(&[]);
     let network = lab.network();
     let inside = lab.host.enter(|| std::fs::read_to_string(IP_FORWARD).unwrap());
     assert_eq!(inside.trim(), "1", "the pool turned forwarding on in its namespace");
-    assert_eq!(std::fs::read_to_string(IP_FORWARD).unwrap(), root, "the test host is untouched");
     lab.host.enter(|| network.firewall_remove());
     let inside = lab.host.enter(|| std::fs::read_to_string(IP_FORWARD).unwrap());
     assert_eq!(inside.trim(), "0", "and off again with the pool");
+    // A check after the pool removed its table on purpose puts nothing back.
+    lab.host.enter(|| network.check()).unwrap();
+    assert!(lab.host.enter(|| network.table_listing()).is_err(), "the table stays gone");
 }
