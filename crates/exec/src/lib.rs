@@ -4,6 +4,10 @@
 //!
 //! - [`run`] / [`output`]: run a [`Command`] with its output captured;
 //!   a non-zero exit is [`ExecError::Failed`] with the last lines it printed.
+//! - [`output_within`] / [`run_within`]: the same with a deadline; a
+//!   program still running then is killed and is [`ExecError::TimedOut`]
+//!   (every call on a path a VM launch waits for has one: `ip`, `nft`,
+//!   `qemu-img`).
 //! - [`status`]: the same with inherited stdio (xtask's long builds).
 //! - [`check`]: the same check for an output obtained elsewhere (a
 //!   `tokio::process::Command`, a child fed on stdin).
@@ -16,8 +20,10 @@
 //! rejects `sh -c`).
 
 use std::ffi::OsStr;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// The Debian package that provides each program (or file) hangar and its
 /// test command run or need. [`require`] and the "not found" errors name
@@ -91,6 +97,9 @@ pub enum ExecError {
     },
     #[error("`{command}` failed ({status}){}", tail_message(.tail))]
     Failed { command: String, status: ExitStatus, tail: String },
+    /// Still running at its deadline; it was killed.
+    #[error("`{command}` did not finish within {after:?}; killed it")]
+    TimedOut { command: String, after: Duration },
 }
 
 /// A program (or file) that is not there.
@@ -174,6 +183,75 @@ pub fn run(cmd: &mut Command) -> Result<(), ExecError> {
     output(cmd).map(drop)
 }
 
+/// [`output`] with a deadline: a program still running `timeout` after it
+/// started is killed (SIGKILL) and the call is [`ExecError::TimedOut`].
+pub fn output_within(cmd: &mut Command, timeout: Duration) -> Result<Output, ExecError> {
+    let command = shown(cmd);
+    let program = cmd.get_program().to_owned();
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| start_error(&program, command.clone(), e))?;
+    let result = wait_within(&mut child, timeout);
+    match result {
+        Ok(Some(output)) => check(&program, command, Ok(output)),
+        Ok(None) => Err(ExecError::TimedOut { command, after: timeout }),
+        Err(source) => Err(ExecError::Start { command, source }),
+    }
+}
+
+/// [`output_within`], for commands whose output is not needed.
+pub fn run_within(cmd: &mut Command, timeout: Duration) -> Result<(), ExecError> {
+    output_within(cmd, timeout).map(drop)
+}
+
+/// Waits for `child` (its stdout/stderr piped) and collects its output;
+/// `None` when it was still running at `timeout` (it is killed and reaped).
+/// The pipes are drained on threads so a chatty program cannot block on a
+/// full pipe while we wait.
+pub fn wait_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> std::io::Result<Option<Output>> {
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut bytes = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut bytes);
+            }
+            bytes
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = Instant::now() + timeout;
+    // Most calls end in a few ms: poll often at first, then less.
+    let mut pause = Duration::from_micros(200);
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break Some(status);
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        // This whole call blocks, like `Command::output`: on a runtime it
+        // belongs in `spawn_blocking`.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(20));
+    };
+    // A killed program's pipes close with it (unless it left children
+    // holding them: then its output is not waited for).
+    let Some(status) = status else { return Ok(None) };
+    let stdout = stdout.join().unwrap_or_default();
+    let stderr = stderr.join().unwrap_or_default();
+    Ok(Some(Output { status, stdout, stderr }))
+}
+
 /// Runs `cmd` with inherited stdio; it must exit 0.
 pub fn status(cmd: &mut Command) -> Result<(), ExecError> {
     let command = shown(cmd);
@@ -244,6 +322,23 @@ mod tests {
         assert!(e.to_string().starts_with("`ls /no/such/path/here` failed"), "{e}");
         let e = super::status(&mut Command::new("false")).unwrap_err();
         assert!(matches!(e, ExecError::Failed { ref tail, .. } if tail.is_empty()), "{e:?}");
+    }
+
+    #[test]
+    fn a_program_past_its_deadline_is_killed() {
+        let started = Instant::now();
+        let e =
+            run_within(Command::new("sleep").arg("30"), Duration::from_millis(200)).unwrap_err();
+        assert!(matches!(e, ExecError::TimedOut { .. }), "{e:?}");
+        assert!(e.to_string().starts_with("`sleep 30` did not finish within 200ms"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(20), "it did not wait for sleep");
+        let out = output_within(Command::new("echo").arg("hi"), Duration::from_secs(10)).unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        let e = run_within(Command::new("ls").arg("/no/such/path/x"), Duration::from_secs(10))
+            .unwrap_err();
+        assert!(matches!(e, ExecError::Failed { ref tail, .. } if tail.contains("/no/such")));
+        let e = run_within(&mut Command::new("no-such-program-x"), Duration::from_secs(1));
+        assert!(matches!(e, Err(ExecError::Missing(_))), "{e:?}");
     }
 
     #[test]

@@ -24,13 +24,37 @@ use hangar_types::{ErrorChain, PoolName};
 
 use crate::config::{AutoSettings, PoolSection, ProviderConfig};
 
-/// The image cache `hangar image build` writes into: `$HANGAR_CACHE_DIR`,
-/// else `~/.cache/hangar`.
+/// The image cache `hangar image build` writes into and a pool without
+/// `kernel`/`rootfs` boots the newest trusted image of:
+/// `$HANGAR_CACHE_DIR`, else `~/.cache/hangar`, else (no `HOME`, as for
+/// many system services) [`SYSTEM_IMAGE_CACHE`]; never a shared directory
+/// such as `/tmp`. Which image is booted is checked on top
+/// (`image::image_trusted`: owned by root or hangar's user, writable by no
+/// one else, files inside the image's own directory).
 pub fn image_cache_dir(flag: Option<PathBuf>) -> PathBuf {
-    flag.or_else(|| std::env::var_os("HANGAR_CACHE_DIR").map(PathBuf::from)).unwrap_or_else(|| {
-        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/tmp"), PathBuf::from);
-        home.join(".cache").join("hangar")
-    })
+    image_cache_dir_from(
+        flag,
+        std::env::var_os("HANGAR_CACHE_DIR").map(PathBuf::from),
+        std::env::var_os("HOME").map(PathBuf::from),
+    )
+}
+
+/// How long one host probe (`qemu --version`, `nft --version`) may take.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The image cache of a hangar that has no `HOME`.
+pub const SYSTEM_IMAGE_CACHE: &str = "/var/lib/hangar";
+
+fn image_cache_dir_from(
+    flag: Option<PathBuf>,
+    env: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> PathBuf {
+    flag.or(env)
+        .or_else(|| {
+            home.filter(|h| !h.as_os_str().is_empty()).map(|h| h.join(".cache").join("hangar"))
+        })
+        .unwrap_or_else(|| PathBuf::from(SYSTEM_IMAGE_CACHE))
 }
 
 /// Builds the provider of `pools[i]`. A microVM pool whose provider cannot
@@ -163,7 +187,9 @@ pub(crate) fn auto_choose(facts: &HostFacts) -> AutoChoice {
 /// Gathers [`HostFacts`] for an `auto` pool's microVM settings.
 fn host_facts(settings: &MicrovmSettings) -> HostFacts {
     let qemu_path = settings.qemu.clone();
-    let run = |args: &[&str]| hangar_exec::output(Command::new(&qemu_path).args(args));
+    let run = |args: &[&str]| {
+        hangar_exec::output_within(Command::new(&qemu_path).args(args), PROBE_TIMEOUT)
+    };
     let qemu = match run(&["--version"]) {
         Ok(out) => {
             Ok(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("qemu").to_owned())
@@ -194,20 +220,17 @@ fn host_facts(settings: &MicrovmSettings) -> HostFacts {
 }
 
 /// The kernel, rootfs and (stock kernel) initramfs a microVM pool boots:
-/// from its settings, else the newest image `hangar image build` left in
-/// the image cache.
+/// from its settings, else the newest trusted image `hangar image build`
+/// left in the image cache (see [`image_cache_dir`]).
 fn image_paths(settings: &MicrovmSettings) -> Result<ImagePaths, String> {
     let (kernel, rootfs, initrd) = match (&settings.kernel, &settings.rootfs) {
         (Some(k), Some(r)) => (k.clone(), r.clone(), settings.initrd.clone()),
         _ => {
             let cache = image_cache_dir(None);
-            let newest = hangar_provider_microvm::image::image_list(&cache).into_iter().next();
-            let Some(image) = newest else {
-                return Err(format!(
-                    "no microVM image in {} (build one with `hangar image build SPEC`)",
-                    cache.display()
-                ));
-            };
+            let image =
+                hangar_provider_microvm::image::image_newest_trusted(&cache).map_err(|e| {
+                    format!("no usable microVM image in {}: {}", cache.display(), ErrorChain(&e))
+                })?;
             let initrd =
                 if settings.kernel.is_some() { settings.initrd.clone() } else { image.initrd };
             (
@@ -238,8 +261,8 @@ fn nat_possible() -> Result<(), String> {
     if !nix::unistd::geteuid().is_root() {
         return Err("microVM networking (tap + NAT) needs root".into());
     }
-    match std::process::Command::new("nft").arg("--version").output() {
-        Ok(out) if out.status.success() => Ok(()),
+    match hangar_exec::output_within(Command::new("nft").arg("--version"), PROBE_TIMEOUT) {
+        Ok(_) => Ok(()),
         _ => {
             Err("microVM networking needs nftables (`nft`): install the Debian package nftables"
                 .into())
@@ -278,6 +301,18 @@ pub async fn microvm_provider(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_image_cache_is_never_under_tmp() {
+        let pick = |flag: Option<&str>, env: Option<&str>, home: Option<&str>| {
+            image_cache_dir_from(flag.map(Into::into), env.map(Into::into), home.map(Into::into))
+        };
+        assert_eq!(pick(None, None, None), PathBuf::from("/var/lib/hangar"), "no HOME: not /tmp");
+        assert_eq!(pick(None, None, Some("")), PathBuf::from("/var/lib/hangar"));
+        assert_eq!(pick(None, None, Some("/root")), PathBuf::from("/root/.cache/hangar"));
+        assert_eq!(pick(None, Some("/srv/img"), Some("/root")), PathBuf::from("/srv/img"));
+        assert_eq!(pick(Some("/x"), Some("/srv/img"), None), PathBuf::from("/x"));
+    }
 
     fn facts() -> HostFacts {
         HostFacts {

@@ -52,6 +52,10 @@ pub struct MicrovmSettings {
     pub boot_timeout: Duration,
     #[serde(default)]
     pub max_parallel_boots: Option<usize>,
+    /// Bytes of a VM's serial console kept on disk, at most (see
+    /// [`MicrovmConfig::console_log_max_bytes`]).
+    #[serde(default = "default_console_log_max_bytes")]
+    pub console_log_max_bytes: u64,
     /// Default: no network (an `auto` pool's default is NAT).
     #[serde(default)]
     pub network: Option<NetworkConfig>,
@@ -73,6 +77,7 @@ impl Default for MicrovmSettings {
             qemu_img: default_qemu_img(),
             boot_timeout: default_boot_timeout(),
             max_parallel_boots: None,
+            console_log_max_bytes: default_console_log_max_bytes(),
             network: None,
         }
     }
@@ -104,6 +109,7 @@ impl MicrovmSettings {
             qemu_img,
             boot_timeout,
             max_parallel_boots,
+            console_log_max_bytes,
             network,
         } = self;
         MicrovmConfig {
@@ -120,6 +126,7 @@ impl MicrovmSettings {
             qemu_img,
             boot_timeout,
             max_parallel_boots,
+            console_log_max_bytes: console_log_max_bytes.max(MIN_CONSOLE_LOG_BYTES),
             network: network.unwrap_or_default(),
         }
     }
@@ -156,8 +163,17 @@ pub struct MicrovmConfig {
     pub boot_timeout: Duration,
     /// VMs booting at once (boot is CPU-bound); default: the core count.
     pub max_parallel_boots: Option<usize>,
+    /// A VM's serial console on disk is at most this many bytes (default
+    /// 1 MiB): `console.log` moves to `console.log.1` when it reaches half,
+    /// so the newest output is always kept. The guest writes it, so it is
+    /// capped: QEMU hands the serial port to hangar over a socket instead
+    /// of writing a file itself.
+    pub console_log_max_bytes: u64,
     pub network: NetworkConfig,
 }
+
+/// The smallest console cap honoured (a smaller one is raised to it).
+pub const MIN_CONSOLE_LOG_BYTES: u64 = 8 * 1024;
 
 /// How a pool's VMs reach the network.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -180,9 +196,11 @@ pub enum NetworkConfig {
         /// DNS server the guest uses.
         #[serde(default = "default_dns")]
         dns: String,
-        /// Private destinations the VMs may reach anyway (e.g. a registry).
+        /// Private destinations the VMs may reach anyway (e.g. a registry):
+        /// `ADDR[/LEN][:PORT[-PORT]][/tcp|/udp]`, see [`AllowRule`]. Cloud
+        /// metadata addresses stay unreachable whatever this says.
         #[serde(default)]
-        allow: Vec<String>,
+        allow: Vec<AllowRule>,
     },
 }
 
@@ -198,6 +216,138 @@ impl NetworkConfig {
     }
 }
 
+/// One `allow` entry: a private IPv4 destination, optionally narrowed to
+/// ports and a protocol. Written `ADDR[/LEN][:PORT[-PORT]][/tcp|/udp]`:
+///
+/// - `10.0.0.0/24`: every port and protocol (the whole range, as before);
+/// - `10.0.0.5:5000/tcp`: TCP to port 5000 of one host;
+/// - `10.0.0.5:5000`: TCP and UDP to port 5000;
+/// - `10.0.0.0/24:8000-8100/udp`, `10.0.0.5/tcp`.
+///
+/// Parsed and checked when the config is loaded (host bits must be zero,
+/// ports 1-65535, low ≤ high).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct AllowRule {
+    pub addr: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    /// Inclusive port range; `None` is every port.
+    pub ports: Option<(u16, u16)>,
+    /// `None` is every protocol (with `ports`: TCP and UDP).
+    pub protocol: Option<Protocol>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl std::str::FromStr for AllowRule {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<AllowRule, String> {
+        let bad = |why: &str| {
+            format!(
+                "allow entry {text:?}: {why} (expected ADDR[/LEN][:PORT[-PORT]][/tcp|/udp], \
+                 e.g. \"10.0.0.5:5000/tcp\" or \"10.0.0.0/24\")"
+            )
+        };
+        let (rest, protocol) = match text.rsplit_once('/') {
+            Some((rest, "tcp")) => (rest, Some(Protocol::Tcp)),
+            Some((rest, "udp")) => (rest, Some(Protocol::Udp)),
+            _ => (text, None),
+        };
+        let (cidr, ports) = match rest.split_once(':') {
+            Some((cidr, ports)) => {
+                let (lo, hi) = ports.split_once('-').unwrap_or((ports, ports));
+                let port = |p: &str| p.parse::<u16>().ok().filter(|p| *p != 0);
+                let (Some(lo), Some(hi)) = (port(lo), port(hi)) else {
+                    return Err(bad("ports are 1-65535"));
+                };
+                if lo > hi {
+                    return Err(bad("the port range is backwards"));
+                }
+                (cidr, Some((lo, hi)))
+            }
+            None => (rest, None),
+        };
+        let (addr, prefix_len) = match cidr.split_once('/') {
+            Some((addr, len)) => {
+                (addr, len.parse::<u8>().ok().filter(|l| *l <= 32).ok_or_else(|| bad("bad /LEN"))?)
+            }
+            None => (cidr, 32),
+        };
+        let addr: std::net::Ipv4Addr = addr.parse().map_err(|_| bad("not an IPv4 address"))?;
+        let mask = u32::MAX.checked_shl(32 - u32::from(prefix_len)).unwrap_or(0);
+        if u32::from(addr) & !mask != 0 {
+            return Err(bad("the address has bits set past /LEN"));
+        }
+        Ok(AllowRule { addr, prefix_len, ports, protocol })
+    }
+}
+
+impl TryFrom<String> for AllowRule {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<AllowRule, String> {
+        text.parse()
+    }
+}
+
+impl From<AllowRule> for String {
+    fn from(rule: AllowRule) -> String {
+        rule.to_string()
+    }
+}
+
+impl std::fmt::Display for AllowRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.addr)?;
+        if self.prefix_len != 32 {
+            write!(f, "/{}", self.prefix_len)?;
+        }
+        match self.ports {
+            Some((lo, hi)) if lo == hi => write!(f, ":{lo}")?,
+            Some((lo, hi)) => write!(f, ":{lo}-{hi}")?,
+            None => {}
+        }
+        if let Some(p) = self.protocol {
+            write!(f, "/{}", p.name())?;
+        }
+        Ok(())
+    }
+}
+
+impl AllowRule {
+    /// The nftables match for the rule (after `ip daddr`).
+    pub(crate) fn nft_match(&self) -> String {
+        let mut m = format!("ip daddr {}/{}", self.addr, self.prefix_len);
+        let ports = |(lo, hi): (u16, u16)| {
+            if lo == hi { lo.to_string() } else { format!("{lo}-{hi}") }
+        };
+        match (self.protocol, self.ports) {
+            (Some(p), Some(range)) => m.push_str(&format!(" {} dport {}", p.name(), ports(range))),
+            (Some(p), None) => m.push_str(&format!(" meta l4proto {}", p.name())),
+            (None, Some(range)) => {
+                m.push_str(&format!(" meta l4proto {{ tcp, udp }} th dport {}", ports(range)));
+            }
+            (None, None) => {}
+        }
+        m
+    }
+}
+
 fn default_vcpus() -> u32 {
     2
 }
@@ -209,6 +359,9 @@ fn default_qemu() -> PathBuf {
 }
 fn default_qemu_img() -> PathBuf {
     PathBuf::from("qemu-img")
+}
+fn default_console_log_max_bytes() -> u64 {
+    1024 * 1024
 }
 fn default_boot_timeout() -> Duration {
     Duration::from_secs(60)
@@ -237,6 +390,7 @@ impl MicrovmConfig {
             qemu_img: default_qemu_img(),
             boot_timeout: default_boot_timeout(),
             max_parallel_boots: None,
+            console_log_max_bytes: default_console_log_max_bytes(),
             network: NetworkConfig::None,
         }
     }
@@ -275,5 +429,41 @@ mod tests {
         assert!(err.to_string().contains("unknown field `cpus`"), "{err}");
         let err = toml::from_str::<MicrovmSettings>("boot_timeout = 60\n").unwrap_err();
         assert!(err.to_string().contains("write \"60s\""), "{err}");
+    }
+
+    #[test]
+    fn allow_entries_are_typed_with_optional_ports_and_protocol() {
+        let rule = |s: &str| s.parse::<AllowRule>();
+        let cases = [
+            ("10.0.0.0/24", "ip daddr 10.0.0.0/24"),
+            ("10.0.0.5", "ip daddr 10.0.0.5/32"),
+            ("10.0.0.5/32", "ip daddr 10.0.0.5/32"),
+            ("10.0.0.5:5000/tcp", "ip daddr 10.0.0.5/32 tcp dport 5000"),
+            ("10.0.0.5:5000", "ip daddr 10.0.0.5/32 meta l4proto { tcp, udp } th dport 5000"),
+            ("10.0.0.0/24:8000-8100/udp", "ip daddr 10.0.0.0/24 udp dport 8000-8100"),
+            ("10.0.0.5/tcp", "ip daddr 10.0.0.5/32 meta l4proto tcp"),
+        ];
+        for (text, nft) in cases {
+            let r = rule(text).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(r.nft_match(), nft, "{text}");
+            assert_eq!(rule(&r.to_string()).unwrap(), r, "{text} round-trips");
+        }
+        for bad in [
+            "10.0.0.5/24",
+            "10.0.0.0/33",
+            "10.0.0.5:0/tcp",
+            "10.0.0.5:70000",
+            "10.0.0.5:9-8/tcp",
+            "10.0.0.5:80/icmp",
+            "10.0.0.5; flush ruleset",
+            "host.example:80",
+        ] {
+            assert!(rule(bad).is_err(), "{bad} must be refused");
+        }
+        let err = toml::from_str::<MicrovmSettings>(
+            "network = { mode = \"nat\", allow = [\"10.0.0.5:http\"] }\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("allow entry \"10.0.0.5:http\""), "{err}");
     }
 }

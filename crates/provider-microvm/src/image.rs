@@ -40,6 +40,7 @@ use std::time::Instant;
 
 use hangar_exec::{require, run};
 use hangar_guest_agent::AgentConfig;
+use hangar_types::ErrorChain;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
@@ -197,6 +198,11 @@ pub enum ImageError {
     Exec(#[from] hangar_exec::ExecError),
     #[error("the runner user in the tree {tree}: {message}")]
     RunnerUser { tree: PathBuf, message: String },
+    #[error("no microVM image in {0} (build one with `hangar image build SPEC`)")]
+    NoImage(PathBuf),
+    /// An image hangar will not boot by default (see [`image_trusted`]).
+    #[error("untrusted image {path}: {why}")]
+    Untrusted { path: PathBuf, why: String },
 }
 
 /// Progress of a build, step by step.
@@ -358,14 +364,85 @@ pub fn image_build(
 
 /// The images in the cache, newest first.
 pub fn image_list(cache: &Path) -> Vec<ImageInfo> {
-    let mut images: Vec<ImageInfo> = std::fs::read_dir(cache.join("images"))
+    image_list_dirs(cache).into_iter().map(|(_, info)| info).collect()
+}
+
+/// Whether a service may boot the image in `dir` (holding `info`'s
+/// `image.json`) without the operator naming its files: whoever can write
+/// an image's files, or any directory above them, picks the PID 1 that
+/// receives every JIT config. So every path from `/` down to the image's
+/// files must be owned by root or by this process's user and writable by
+/// no one else (no group/world write bit; a sticky `/tmp` is not enough),
+/// and `image.json` must point only at files inside its own directory.
+pub fn image_trusted(dir: &Path, info: &ImageInfo) -> Result<(), ImageError> {
+    let untrusted = |path: &Path, why: String| ImageError::Untrusted { path: path.to_owned(), why };
+    let dir = dir.canonicalize().map_err(io("resolving", dir))?;
+    let mut files = vec![dir.join("image.json"), info.kernel.clone(), info.rootfs.clone()];
+    files.extend(info.initrd.clone());
+    for file in &files {
+        let real = file.canonicalize().map_err(io("resolving", file))?;
+        if real.parent() != Some(dir.as_path()) {
+            return Err(untrusted(
+                file,
+                format!("image.json names a file outside {}", dir.display()),
+            ));
+        }
+        owned_and_private(&real).map_err(|why| untrusted(&real, why))?;
+    }
+    for ancestor in dir.ancestors() {
+        owned_and_private(ancestor).map_err(|why| untrusted(ancestor, why))?;
+    }
+    Ok(())
+}
+
+/// Owned by root or the current user, and not group- or world-writable.
+fn owned_and_private(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot stat it: {e}"))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != 0 && meta.uid() != me {
+        return Err(format!("owned by uid {}, not root or hangar's uid {me}", meta.uid()));
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(format!("writable by group or others (mode {:o})", meta.mode() & 0o7777));
+    }
+    Ok(())
+}
+
+/// The newest image in `cache` that passes [`image_trusted`]. Refused
+/// images are said in the error when none is left.
+pub fn image_newest_trusted(cache: &Path) -> Result<ImageInfo, ImageError> {
+    let mut refused = Vec::new();
+    for (dir, info) in image_list_dirs(cache) {
+        match image_trusted(&dir, &info) {
+            Ok(()) => return Ok(info),
+            Err(e) => {
+                tracing::warn!(image = %dir.display(), error = %ErrorChain(&e), "not booting an untrusted image");
+                refused.push(ErrorChain(&e).to_string());
+            }
+        }
+    }
+    if refused.is_empty() {
+        return Err(ImageError::NoImage(cache.to_owned()));
+    }
+    Err(ImageError::Untrusted {
+        path: cache.to_owned(),
+        why: format!("no image there that hangar may boot: {}", refused.join("; ")),
+    })
+}
+
+/// The images in the cache with their directories, newest first.
+fn image_list_dirs(cache: &Path) -> Vec<(PathBuf, ImageInfo)> {
+    let mut images: Vec<(PathBuf, ImageInfo)> = std::fs::read_dir(cache.join("images"))
         .into_iter()
         .flatten()
         .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("image.json")).ok())
-        .filter_map(|text| serde_json::from_str(&text).ok())
+        .filter_map(|e| {
+            let text = std::fs::read_to_string(e.path().join("image.json")).ok()?;
+            Some((e.path(), serde_json::from_str(&text).ok()?))
+        })
         .collect();
-    images.sort_by(|a, b| b.built_at.cmp(&a.built_at));
+    images.sort_by(|a, b| b.1.built_at.cmp(&a.1.built_at));
     images
 }
 

@@ -28,6 +28,21 @@
 //!
 //! Secrets: the JIT config goes only into the `start` message on the agent
 //! channel; never on the kernel command line, QEMU's argv, the disk or logs.
+//!
+//! # The guest is not trusted
+//!
+//! A job runs as root in its guest, so everything the guest sends is
+//! bounded before it costs the host anything:
+//!
+//! - agent lines: at most [`MAX_AGENT_LINE`] bytes; a longer one kills the
+//!   VM, with the reason in its instance detail and the log;
+//! - guest text (agent `error` messages, malformed lines) is logged escaped
+//!   (`escape_debug`, no newlines or escape sequences), truncated, and at
+//!   most [`GUEST_LOG_BURST`] lines per VM per minute (then one line
+//!   counting what was left out);
+//! - the serial console comes over a socket (not a file QEMU writes) and
+//!   hangar keeps at most `console_log_max_bytes` of it on disk,
+//!   `console.log` plus one rotation `console.log.1`.
 
 pub mod accel;
 pub mod bench;
@@ -99,11 +114,24 @@ const OVERLAY_FILE: &str = "overlay.qcow2";
 const AGENT_SOCKET: &str = "agent.sock";
 const QMP_SOCKET: &str = "qmp.sock";
 const CONSOLE_LOG: &str = "console.log";
+/// The older half of the console once `console.log` rotated.
+const CONSOLE_LOG_OLD: &str = "console.log.1";
+const CONSOLE_SOCKET: &str = "console.sock";
 const VMM_LOG: &str = "vmm.log";
 /// Under the state dir: the pool's idle-VM snapshot.
 const SNAPSHOT_DIR: &str = "snapshot";
 /// Unix socket paths must fit `sun_path` (108 bytes with the NUL).
 const MAX_SOCKET_PATH: usize = 107;
+/// The longest agent line accepted (the agent's are well under 1 KiB).
+pub const MAX_AGENT_LINE: usize = 64 * 1024;
+/// Guest text lines logged per VM per minute, at most.
+pub const GUEST_LOG_BURST: u32 = 20;
+/// Guest text is cut to this many characters before it is logged.
+const GUEST_TEXT_MAX: usize = 512;
+/// How long a `qemu-img` or `qemu --version` call may take.
+const EXEC_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often a NAT pool's firewall table is checked (and before each launch).
+const FIREWALL_CHECK: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 struct Vm {
@@ -116,6 +144,8 @@ struct Vm {
     to_guest: mpsc::UnboundedSender<HostMessage>,
     timings: Mutex<VmTimings>,
     net: Option<net::VmNet>,
+    /// Why hangar killed the VM, when it did (a guest breaking the rules).
+    killed: Mutex<Option<String>>,
 }
 
 impl Vm {
@@ -132,16 +162,20 @@ impl Vm {
     }
 
     fn instance(&self, runner_id: &RunnerId) -> Instance {
+        let mut detail = format!(
+            "vm {} pid {} dir {}",
+            self.id,
+            self.pid.map_or_else(|| "-".into(), |p| p.to_string()),
+            self.dir.display()
+        );
+        if let Some(reason) = self.killed.lock().expect("killed lock").as_deref() {
+            detail.push_str(&format!("; killed by hangar: {reason}"));
+        }
         Instance {
             runner_id: runner_id.clone(),
             state: self.state().instance_state(),
             launched_at: self.launched_at,
-            detail: format!(
-                "vm {} pid {} dir {}",
-                self.id,
-                self.pid.map_or_else(|| "-".into(), |p| p.to_string()),
-                self.dir.display()
-            ),
+            detail,
         }
     }
 }
@@ -175,7 +209,7 @@ struct Inner {
     /// Pre-booted VMs a launch took whose runner has not started yet; the
     /// refill waits for them (see `refill_loop`).
     dispatching: Arc<std::sync::atomic::AtomicUsize>,
-    network: Option<net::Network>,
+    network: Option<Arc<net::Network>>,
     /// The idle-VM snapshot pre-booted VMs are restored from
     /// (`prebooted_restore`).
     snapshot: tokio::sync::Mutex<Option<bench::Snapshot>>,
@@ -206,6 +240,8 @@ pub enum MicrovmError {
     Vmm(#[from] vmm::VmmError),
     #[error("network setup")]
     Network(#[from] net::NetError),
+    #[error("the network task failed")]
+    NetworkTask(#[source] tokio::task::JoinError),
 }
 
 fn io_err<'a>(
@@ -243,7 +279,13 @@ impl MicrovmProvider {
         });
         let network = match &config.network {
             NetworkConfig::None => None,
-            nat @ NetworkConfig::Nat { .. } => Some(net::Network::new(nat, &config.state_dir)?),
+            nat @ NetworkConfig::Nat { .. } => {
+                let (nat, dir) = (nat.clone(), config.state_dir.clone());
+                let network = tokio::task::spawn_blocking(move || net::Network::new(&nat, &dir))
+                    .await
+                    .map_err(MicrovmError::NetworkTask)??;
+                Some(Arc::new(network))
+            }
         };
         let inner = Arc::new(Inner {
             pool,
@@ -265,6 +307,9 @@ impl MicrovmProvider {
             stop: tokio_util::sync::CancellationToken::new(),
         });
         inner.reap_unassigned().await;
+        if inner.network.is_some() {
+            inner.tasks.spawn(firewall_watch(Arc::downgrade(&inner), inner.stop.clone()));
+        }
         if inner.config.min_hot > 0 {
             let task = tokio::spawn(refill_loop(Arc::downgrade(&inner)));
             *inner.refill_task.lock().expect("refill lock") = Some(task);
@@ -380,6 +425,10 @@ impl Provider for MicrovmProvider {
 
     async fn launch(&self, spec: &RunnerSpec) -> Result<Instance, ProviderError> {
         let inner = &self.inner;
+        // No VM starts while the pool's isolation is not in place.
+        if let Err(e) = inner.firewall_check().await {
+            return Err(launch_error(&spec.runner_id, "the pool's firewall", e));
+        }
         let _launching = inner.launching.lock().await;
         if let Some(vm) = inner.runners.lock().expect("runners lock").get(&spec.runner_id) {
             return Ok(vm.instance(&spec.runner_id));
@@ -467,6 +516,14 @@ impl Provider for MicrovmProvider {
 
     async fn health(&self) -> Health {
         let c = &self.inner.config;
+        if let Some(reason) = self.inner.network.as_ref().and_then(|n| n.closed()) {
+            return Health {
+                ok: false,
+                message: format!(
+                    "the pool's firewall is not in place, its VMs are cut off: {reason}"
+                ),
+            };
+        }
         for (what, path) in [("kernel", &c.kernel), ("rootfs", &c.rootfs)] {
             if !path.exists() {
                 return Health {
@@ -476,10 +533,9 @@ impl Provider for MicrovmProvider {
             }
         }
         let mut qemu = tokio::process::Command::new(&c.qemu);
-        qemu.arg("--version");
-        let shown = hangar_exec::shown(qemu.as_std());
+        qemu.arg("--version").kill_on_drop(true);
         // A missing QEMU is named with its Debian package.
-        match hangar_exec::check(c.qemu.as_os_str(), shown, qemu.output().await) {
+        match output_within(&mut qemu, EXEC_TIMEOUT).await {
             Ok(out) => Health {
                 ok: true,
                 message: format!(
@@ -531,7 +587,7 @@ impl Inner {
             disk: dir.join(OVERLAY_FILE),
             agent_socket: dir.join(AGENT_SOCKET),
             control_socket: dir.join(QMP_SOCKET),
-            console_log: dir.join(CONSOLE_LOG),
+            console_socket: dir.join(CONSOLE_SOCKET),
             vmm_log: dir.join(VMM_LOG),
             vcpus: self.config.vcpus,
             memory_mib: self.config.memory_mib,
@@ -589,6 +645,9 @@ impl Inner {
         let template = self.overlay_template(&backing, backing_format, &overlay).await?;
         std::fs::write(&overlay, template.as_slice()).map_err(io_err("writing", &overlay))?;
         let listener = UnixListener::bind(&socket).map_err(io_err("listening on", &socket))?;
+        let console_socket = dir.join(CONSOLE_SOCKET);
+        let console =
+            UnixListener::bind(&console_socket).map_err(io_err("listening on", &console_socket))?;
         let vm_net = match &self.network {
             Some(network) => Some(network.vm_setup(id)?),
             None => None,
@@ -617,7 +676,15 @@ impl Inner {
                 ..VmTimings::default()
             }),
             net: vm_net,
+            killed: Mutex::new(None),
         });
+        self.tasks.spawn(console_pump(
+            console,
+            dir.to_owned(),
+            self.config.console_log_max_bytes,
+            vm.state.subscribe(),
+            self.stop.clone(),
+        ));
         if restore.is_some() {
             // The restored agent already said ready to another process.
             let _ = vm.to_guest.send(HostMessage::Ping);
@@ -656,9 +723,7 @@ impl Inner {
             .args(["create", "-q", "-f", "qcow2", "-F", format, "-b"])
             .arg(backing)
             .arg(scratch);
-        let shown = hangar_exec::shown(qemu_img.as_std());
-        hangar_exec::check(self.config.qemu_img.as_os_str(), shown, qemu_img.output().await)
-            .map_err(MicrovmError::Overlay)?;
+        output_within(&mut qemu_img, EXEC_TIMEOUT).await.map_err(MicrovmError::Overlay)?;
         let bytes = Arc::new(std::fs::read(scratch).map_err(io_err("reading", scratch))?);
         let mut templates = self.overlay_templates.lock().expect("templates lock");
         // Backing files come and go (new images, new snapshots).
@@ -735,6 +800,16 @@ impl Inner {
         Ok(snapshot)
     }
 
+    /// Checks the pool's firewall (re-installing it, or closing the pool;
+    /// see `net`). Always `Ok` without a network.
+    async fn firewall_check(&self) -> Result<(), net::NetError> {
+        let Some(network) = &self.network else { return Ok(()) };
+        let network = Arc::clone(network);
+        tokio::task::spawn_blocking(move || network.check())
+            .await
+            .unwrap_or_else(|e| Err(net::NetError::Closed(format!("the check panicked: {e}"))))
+    }
+
     /// VM directories on disk (the truth after a restart).
     fn disk_vms(&self) -> Vec<DiskVm> {
         let Ok(entries) = std::fs::read_dir(&self.config.state_dir) else { return Vec::new() };
@@ -801,7 +876,7 @@ impl DiskVm {
         }
     }
 
-    async fn reap(&self, network: Option<&net::Network>) -> std::io::Result<()> {
+    async fn reap(&self, network: Option<&Arc<net::Network>>) -> std::io::Result<()> {
         if let Some(pid) = self.pid {
             kill_vm_process(pid, &self.dir);
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -878,14 +953,31 @@ async fn supervise(
     drop(listener);
     if let Some(stream) = stream {
         let (read, mut write) = stream.into_split();
-        let mut lines = BufReader::new(read).lines();
+        let mut lines = LineReader::new(read, MAX_AGENT_LINE);
+        let mut said = GuestLog::new();
         let mut ready = false;
         let mut pending: Vec<HostMessage> = Vec::new();
         loop {
             tokio::select! {
                 line = lines.next_line() => {
-                    let Ok(Some(line)) = line else { break };
-                    match serde_json::from_str::<GuestMessage>(&line) {
+                    let line = match line {
+                        Ok(Some(line)) => line,
+                        Ok(None) => break,
+                        Err(LineError::TooLong) => {
+                            let reason = format!(
+                                "the guest agent sent a line longer than {MAX_AGENT_LINE} bytes"
+                            );
+                            tracing::warn!(vm = %vm.id, reason = %reason, "killing the vm");
+                            *vm.killed.lock().expect("killed lock") = Some(reason);
+                            let _ = child.start_kill();
+                            break;
+                        }
+                        Err(LineError::Io(e)) => {
+                            tracing::debug!(vm = %vm.id, error = %ErrorChain(&e), "agent channel read failed");
+                            break;
+                        }
+                    };
+                    match serde_json::from_slice::<GuestMessage>(&line) {
                         Ok(GuestMessage::Ready) => {
                             ready = true;
                             permit.take();
@@ -910,9 +1002,15 @@ async fn supervise(
                             tracing::info!(vm = %vm.id, ?code, "runner exited");
                         }
                         Ok(GuestMessage::Error { message }) => {
-                            tracing::warn!(vm = %vm.id, %message, "guest agent error");
+                            if said.allow(&vm.id) {
+                                tracing::warn!(vm = %vm.id, message = %guest_text(message.as_bytes()), "guest agent error");
+                            }
                         }
-                        Err(e) => tracing::warn!(vm = %vm.id, error = %ErrorChain(&e), "malformed agent message"),
+                        Err(e) => {
+                            if said.allow(&vm.id) {
+                                tracing::warn!(vm = %vm.id, error = %ErrorChain(&e), line = %guest_text(&line), "malformed agent message");
+                            }
+                        }
                     }
                 }
                 message = from_host.recv() => {
@@ -936,6 +1034,7 @@ async fn supervise(
                 }
             }
         }
+        said.flush(&vm.id);
     } else {
         let _ = child.start_kill();
     }
@@ -946,6 +1045,195 @@ async fn supervise(
         _ => None,
     };
     vm.set_state(VmState::Gone { code });
+}
+
+/// Why a line from the guest was not read.
+#[derive(Debug)]
+enum LineError {
+    TooLong,
+    Io(std::io::Error),
+}
+
+/// Reads `\n`-terminated lines of at most `max` bytes, holding no more
+/// than that (`BufReader::lines` grows without bound on an endless line).
+/// Cancel-safe: a partial line stays in `line` across calls.
+struct LineReader<R> {
+    reader: BufReader<R>,
+    line: Vec<u8>,
+    max: usize,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
+    fn new(read: R, max: usize) -> LineReader<R> {
+        LineReader { reader: BufReader::new(read), line: Vec::new(), max }
+    }
+
+    /// The next line without its newline; `None` at the end (a last line
+    /// without a newline is dropped).
+    async fn next_line(&mut self) -> Result<Option<Vec<u8>>, LineError> {
+        loop {
+            let available = self.reader.fill_buf().await.map_err(LineError::Io)?;
+            if available.is_empty() {
+                return Ok(None);
+            }
+            let (take, done) = match available.iter().position(|b| *b == b'\n') {
+                Some(i) => (i, true),
+                None => (available.len(), false),
+            };
+            if self.line.len() + take > self.max {
+                return Err(LineError::TooLong);
+            }
+            self.line.extend_from_slice(&available[..take]);
+            self.reader.consume(take + usize::from(done));
+            if done {
+                return Ok(Some(std::mem::take(&mut self.line)));
+            }
+        }
+    }
+}
+
+/// Guest text as it may be logged: control characters, newlines and
+/// non-UTF-8 escaped (a guest cannot forge log lines or send terminal
+/// escapes), cut to [`GUEST_TEXT_MAX`] characters.
+fn guest_text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let mut out: String = text.chars().take(GUEST_TEXT_MAX).flat_map(char::escape_debug).collect();
+    let total = text.chars().count();
+    if total > GUEST_TEXT_MAX {
+        out.push_str(&format!("… ({} more characters)", total - GUEST_TEXT_MAX));
+    }
+    out
+}
+
+/// At most [`GUEST_LOG_BURST`] guest lines per VM per minute reach the log.
+#[derive(Debug)]
+struct GuestLog {
+    window: Instant,
+    logged: u32,
+    dropped: u64,
+}
+
+impl GuestLog {
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn new() -> GuestLog {
+        GuestLog { window: Instant::now(), logged: 0, dropped: 0 }
+    }
+
+    /// Whether the next guest line may be logged now.
+    fn allow(&mut self, vm: &str) -> bool {
+        self.allow_at(vm, Instant::now())
+    }
+
+    fn allow_at(&mut self, vm: &str, now: Instant) -> bool {
+        if now.duration_since(self.window) >= Self::WINDOW {
+            self.flush(vm);
+            self.window = now;
+            self.logged = 0;
+        }
+        if self.logged < GUEST_LOG_BURST {
+            self.logged += 1;
+            true
+        } else {
+            self.dropped += 1;
+            false
+        }
+    }
+
+    /// Says how many lines were left out, if any.
+    fn flush(&mut self, vm: &str) {
+        if self.dropped > 0 {
+            tracing::warn!(vm = %vm, dropped = self.dropped, "guest messages left out of the log (at most {GUEST_LOG_BURST} a minute)");
+            self.dropped = 0;
+        }
+    }
+}
+
+/// Copies the guest's serial console (QEMU connects it to `listener`) to
+/// `dir/console.log`, keeping at most `max` bytes on disk: at `max / 2`
+/// the log moves to `console.log.1` (replacing the older one). Ends when
+/// QEMU closes the console, the VM is gone, or the provider stops.
+async fn console_pump(
+    listener: UnixListener,
+    dir: PathBuf,
+    max: u64,
+    mut state: watch::Receiver<VmState>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    use tokio::io::AsyncReadExt as _;
+    let mut stream = tokio::select! {
+        accepted = listener.accept() => match accepted {
+            Ok((stream, _)) => stream,
+            Err(_) => return,
+        },
+        _ = state.wait_for(|s| matches!(s, VmState::Gone { .. })) => return,
+        () = stop.cancelled() => return,
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(dir.join(CONSOLE_SOCKET));
+    let path = dir.join(CONSOLE_LOG);
+    let half = (max / 2).max(1);
+    let open = |path: &Path| std::fs::OpenOptions::new().create(true).append(true).open(path);
+    let Ok(mut file) = open(&path) else { return };
+    let mut size = file.metadata().map_or(0, |m| m.len());
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = tokio::select! {
+            read = stream.read(&mut buf) => match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            },
+            () = stop.cancelled() => return,
+        };
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            if size >= half {
+                // The VM dir may be gone (destroyed): then stop.
+                if std::fs::rename(&path, dir.join(CONSOLE_LOG_OLD)).is_err() {
+                    return;
+                }
+                let Ok(fresh) = open(&path) else { return };
+                file = fresh;
+                size = 0;
+            }
+            let room = usize::try_from(half - size).unwrap_or(usize::MAX);
+            let (now, later) = chunk.split_at(chunk.len().min(room));
+            if std::io::Write::write_all(&mut file, now).is_err() {
+                return;
+            }
+            size += now.len() as u64;
+            chunk = later;
+        }
+    }
+}
+
+/// Checks a NAT pool's firewall every [`FIREWALL_CHECK`] until the
+/// provider stops or is dropped.
+async fn firewall_watch(inner: Weak<Inner>, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(FIREWALL_CHECK) => {}
+            () = stop.cancelled() => return,
+        }
+        let Some(strong) = inner.upgrade() else { return };
+        // `check` logs what it finds and does.
+        let _ = strong.firewall_check().await;
+    }
+}
+
+/// Runs a tokio command (output captured) to completion within `timeout`;
+/// one that is still running then is killed.
+async fn output_within(
+    cmd: &mut tokio::process::Command,
+    timeout: Duration,
+) -> Result<std::process::Output, hangar_exec::ExecError> {
+    let shown = hangar_exec::shown(cmd.as_std());
+    let program = cmd.as_std().get_program().to_owned();
+    cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
+    match tokio::time::timeout(timeout, cmd.output()).await {
+        Ok(result) => hangar_exec::check(&program, shown, result),
+        Err(_) => Err(hangar_exec::ExecError::TimedOut { command: shown, after: timeout }),
+    }
 }
 
 async fn send_to_guest(
@@ -1035,5 +1323,44 @@ async fn refill_loop(inner: Weak<Inner>) {
             () = strong.refill.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_is_escaped_and_cut() {
+        assert_eq!(guest_text(b"a\nb\x1b[2J\r\t"), r"a\nb\u{1b}[2J\r\t");
+        assert_eq!(guest_text(b"\xff ok"), "\u{fffd} ok");
+        let long = guest_text("x".repeat(GUEST_TEXT_MAX + 10).as_bytes());
+        assert!(long.ends_with("… (10 more characters)"), "{long}");
+    }
+
+    #[test]
+    fn guest_lines_are_limited_per_minute() {
+        let mut log = GuestLog::new();
+        let t0 = log.window;
+        let allowed = (0..1000).filter(|_| log.allow_at("vm", t0)).count();
+        assert_eq!(allowed, GUEST_LOG_BURST as usize);
+        assert_eq!(log.dropped, 1000 - u64::from(GUEST_LOG_BURST));
+        assert!(log.allow_at("vm", t0 + GuestLog::WINDOW), "a new minute");
+        assert_eq!(log.dropped, 0, "the count was said and reset");
+    }
+
+    #[tokio::test]
+    async fn lines_over_the_limit_are_refused_without_being_held() {
+        let (mut guest, host) = tokio::io::duplex(4096);
+        let mut lines = LineReader::new(host, 16);
+        let writer = tokio::spawn(async move {
+            guest.write_all(b"short\n").await.unwrap();
+            let _ = guest.write_all(&[b'A'; 1 << 20]).await;
+        });
+        assert_eq!(lines.next_line().await.unwrap().unwrap(), b"short");
+        assert!(matches!(lines.next_line().await, Err(LineError::TooLong)));
+        assert!(lines.line.len() <= 16);
+        drop(lines);
+        writer.await.unwrap();
     }
 }

@@ -31,8 +31,9 @@ pub struct VmPlan {
     pub agent_socket: PathBuf,
     /// The VMM's control socket (QMP for QEMU).
     pub control_socket: PathBuf,
-    /// The guest's serial console goes here.
-    pub console_log: PathBuf,
+    /// The host listens here; the VMM connects the guest's serial console
+    /// to it, and the provider writes what comes to a capped, rotated log.
+    pub console_socket: PathBuf,
     /// The VMM's own stdout/stderr go here.
     pub vmm_log: PathBuf,
     pub vcpus: u32,
@@ -175,8 +176,11 @@ impl Qemu {
             Accel::Tcg => args.extend(["-accel".into(), "tcg".into(), "-cpu".into(), "max".into()]),
         }
         args.extend([
+            // Not `-serial file:`: a guest could fill the disk through it.
+            "-chardev".into(),
+            format!("socket,id=console,path={}", p(&plan.console_socket)),
             "-serial".into(),
-            format!("file:{}", p(&plan.console_log)),
+            "chardev:console".into(),
             "-kernel".into(),
             p(&plan.kernel),
             "-append".into(),
@@ -319,7 +323,7 @@ mod tests {
             disk: dir.join("overlay.qcow2"),
             agent_socket: dir.join("agent.sock"),
             control_socket: dir.join("qmp.sock"),
-            console_log: dir.join("console.log"),
+            console_socket: dir.join("console.sock"),
             vmm_log: dir.join("vmm.log"),
             vcpus: 2,
             memory_mib: 1024,
@@ -346,11 +350,12 @@ mod tests {
             "file=/state/vm-1/overlay.qcow2,format=qcow2",
             "socket,id=agent,path=/state/vm-1/agent.sock",
             "name=org.hangar.agent",
-            "-serial file:/state/vm-1/console.log",
+            "-chardev socket,id=console,path=/state/vm-1/console.sock -serial chardev:console",
         ] {
             assert!(joined.contains(needle), "{needle} missing from {joined}");
         }
         assert!(!joined.contains("-netdev user"), "never slirp: it exposes the host's loopback");
+        assert!(!joined.contains("file:"), "no file QEMU writes on the guest's behalf: {joined}");
         let cmdline = qemu.kernel_cmdline(&plan(Accel::Tcg, None));
         assert!(cmdline.contains("tsc_early_khz=2000000 lpj=8000000"), "{cmdline}");
         assert!(cmdline.contains("init=/usr/local/sbin/hangar-guest-agent"), "{cmdline}");

@@ -286,6 +286,36 @@ async fn a_nat_vm_cannot_reach_the_host_itself() {
     );
 }
 
+/// The guest floods its serial console: what reaches the disk stays under
+/// the pool's cap, and the newest output is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_console_flood_stays_under_the_cap() {
+    let Some(env) = env() else { return };
+    let state = tempfile::tempdir().unwrap();
+    let _reaper = Reaper(state.path().to_owned());
+    let mut c = config(&env, state.path());
+    c.console_log_max_bytes = 64 * 1024;
+    let provider = MicrovmProvider::new(pool(), c).await.unwrap();
+    // 512 KiB of console output (slow under TCG: the UART is emulated).
+    let spec = spec("head -c 524288 /dev/zero | tr '\\0' x; echo; echo flood-done");
+    provider.launch(&spec).await.unwrap();
+    assert_eq!(exit_code(&provider, &spec.runner_id).await, Some(0));
+    let log = provider.console_log(&spec.runner_id).unwrap();
+    let dir = log.parent().unwrap().to_owned();
+    wait_for("the end of the flood in the console log", BOOT, || async {
+        std::fs::read_to_string(&log).unwrap_or_default().contains("flood-done").then_some(())
+    })
+    .await;
+    let on_disk: u64 = ["console.log", "console.log.1"]
+        .iter()
+        .filter_map(|f| std::fs::metadata(dir.join(f)).ok())
+        .map(|m| m.len())
+        .sum();
+    assert!(on_disk <= 64 * 1024, "{on_disk} bytes of console on disk");
+    assert!(dir.join("console.log.1").exists(), "it rotated");
+    provider.destroy(&spec.runner_id).await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qemu_failing_to_start_leaks_nothing() {
     let Some(env) = env() else { return };
