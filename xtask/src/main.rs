@@ -6,6 +6,7 @@
 //! shell script, so it is checked by the compiler like the rest.
 
 mod bench_cache;
+mod deny;
 mod prepare;
 mod readme;
 mod tidy;
@@ -25,7 +26,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Prepare everything the tests need, run every test, then fmt, clippy and tidy.
+    /// Prepare everything the tests need, run every test, then fmt, clippy, tidy and deny.
     /// With arguments, runs only the tests they select, and no lints.
     Test {
         /// Arguments passed on to `cargo nextest run` (e.g. `-p hangar-cache`
@@ -35,6 +36,9 @@ enum Cmd {
     },
     /// Check the architecture invariants that a command can check.
     Tidy,
+    /// `cargo deny` on the shipped binary's dependencies (`deny.toml`; a
+    /// step of `test`).
+    Deny,
     /// Run the README's `cargo run` commands as a new user would (a step of
     /// `test`): `serve` must listen, answer /healthz and stop cleanly on
     /// SIGTERM; `demo` must exit 0.
@@ -78,6 +82,7 @@ fn main() -> Result<()> {
     match cli.command {
         Cmd::Test { nextest_args } => test(&root, &nextest_args),
         Cmd::Tidy => tidy::run(&root),
+        Cmd::Deny => deny::run(&root),
         Cmd::Readme => readme::run(&root),
         Cmd::Bench { what, runs, json } => match what.as_str() {
             "microvm" => prepare::images::bench_microvm(&root, runs, json),
@@ -142,6 +147,7 @@ fn test(root: &Path, nextest_args: &[String]) -> Result<()> {
     ]))
     .context("cargo clippy")?;
     tidy::run(root)?;
+    deny::run(root)?;
     drop(env);
     eprintln!("xtask: all tests and checks passed");
     Ok(())
