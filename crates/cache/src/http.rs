@@ -104,14 +104,21 @@ struct ApiError(Proto, CacheError);
 impl ApiError {
     fn status(&self) -> (StatusCode, &'static str) {
         match &self.1 {
-            CacheError::Unauthorized(_) | CacheError::BadSignature => {
-                (StatusCode::UNAUTHORIZED, "unauthenticated")
-            }
             CacheError::WriteDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             CacheError::Invalid(_) | CacheError::Incomplete(_) | CacheError::InvalidBlockList => {
                 (StatusCode::BAD_REQUEST, "invalid_argument")
             }
             CacheError::TooLarge { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            CacheError::Unauthorized(crate::token::TokenError::NotAllowed { .. }) => {
+                (StatusCode::FORBIDDEN, "permission_denied")
+            }
+            CacheError::QuotaExceeded { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "resource_exhausted")
+            }
+            CacheError::LowSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted"),
+            CacheError::Unauthorized(_) | CacheError::BadSignature => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            }
             CacheError::Conflict => (StatusCode::CONFLICT, "already_exists"),
             CacheError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             CacheError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
