@@ -24,6 +24,7 @@
 //! evicted least recently used first ([`crate::evict`]).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -124,19 +125,21 @@ pub(crate) struct InFlight {
     by_repo: HashMap<RepositoryId, u64>,
 }
 
-/// One part upload's share of [`InFlight`], returned when it drops.
+/// One part upload's share of [`InFlight`] (`bytes`, grown by the body as it
+/// arrives), returned when it drops: after the index has counted the part.
 struct InFlightGuard {
     ledger: Arc<Mutex<InFlight>>,
     repo: RepositoryId,
-    bytes: u64,
+    bytes: Arc<AtomicU64>,
 }
 
 impl Drop for InFlightGuard {
     fn drop(&mut self) {
+        let bytes = self.bytes.load(Ordering::SeqCst);
         let mut ledger = self.ledger.lock().expect("in-flight ledger lock");
-        ledger.total = ledger.total.saturating_sub(self.bytes);
+        ledger.total = ledger.total.saturating_sub(bytes);
         if let Some(n) = ledger.by_repo.get_mut(&self.repo) {
-            *n = n.saturating_sub(self.bytes);
+            *n = n.saturating_sub(bytes);
             if *n == 0 {
                 ledger.by_repo.remove(&self.repo);
             }
@@ -425,18 +428,19 @@ impl CacheService {
         let repo_base = self.index.uploading_bytes(Some(repo)).await?.saturating_sub(old);
         let total_base = self.index.uploading_bytes(None).await?.saturating_sub(old);
         let (max_repo, max_total, floor) = (s.max_repo_bytes, s.max_total_bytes, s.min_free_bytes);
-        let mut guard = InFlightGuard { ledger: self.in_flight.clone(), repo, bytes: 0 };
+        let guard = InFlightGuard { ledger: self.in_flight.clone(), repo, bytes: Arc::default() };
+        let (ledger, mine) = (guard.ledger.clone(), guard.bytes.clone());
         let blobs = self.blobs.clone();
         let mut since_space_check = 0u64;
         let counted = futures::StreamExt::map(body, move |chunk| {
             let chunk = chunk.map_err(Into::into)?;
             let n = chunk.len() as u64;
             let (repo_now, total_now) = {
-                let mut ledger = guard.ledger.lock().expect("in-flight ledger lock");
+                let mut ledger = ledger.lock().expect("in-flight ledger lock");
                 ledger.total += n;
                 let by_repo = ledger.by_repo.entry(repo).or_default();
                 *by_repo += n;
-                guard.bytes += n;
+                mine.fetch_add(n, Ordering::SeqCst);
                 (*by_repo, ledger.total)
             };
             if repo_base + repo_now > max_repo {
@@ -483,6 +487,8 @@ impl CacheService {
         };
         let delta = i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(0);
         self.index.entry_add_uploaded(entry.id, delta).await?;
+        // Only now out of the in-flight ledger: the part is never uncounted.
+        drop(guard);
         metrics::counter!(crate::metrics::CACHE_BYTES_IN).increment(n);
         Ok(n)
     }
