@@ -353,17 +353,24 @@ impl TokenVerifier {
     fn start_fetch(&self) -> Shared<BoxFuture<'static, FetchResult>> {
         let this = self.clone();
         let task = tokio::spawn(async move {
-            let result = this.fetch().await.map(Arc::new);
-            let mut state = this.inner.state.lock().expect("token key state lock");
-            state.in_flight = None;
-            match &result {
-                Ok(keys) => state.keys = keys.clone(),
-                Err(e) => tracing::warn!(
-                    error = %hangar_types::ErrorChain(e),
-                    "cache: fetching the token issuer's keys failed"
-                ),
+            let result = match this.fetch().await {
+                Ok(keys) => Ok(Arc::new(keys)),
+                Err(e) => Err(hangar_types::ErrorChain(&e).to_string()),
+            };
+            {
+                let mut state = this.inner.state.lock().expect("token key state lock");
+                state.in_flight = None;
+                if let Ok(keys) = &result {
+                    state.keys = keys.clone();
+                }
             }
-            result.map_err(|e| hangar_types::ErrorChain(&e).to_string())
+            if let Err(message) = &result {
+                tracing::warn!(
+                    error = message.as_str(),
+                    "cache: fetching the token issuer's keys failed"
+                );
+            }
+            result
         });
         async move { task.await.unwrap_or_else(|e| Err(format!("the key fetch task failed: {e}"))) }
             .boxed()
