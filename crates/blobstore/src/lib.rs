@@ -20,9 +20,14 @@
 //! Backends are chosen by URL: `file:///abs/dir` (the default, under the data
 //! directory) or `s3://bucket/prefix`, configured from the usual `AWS_*`
 //! environment variables (`AWS_ENDPOINT` for S3-compatible servers).
+//!
+//! Local blobs are private to hangar's user: the root and every directory
+//! under it are 0700, every stored file 0600 (archives often hold build
+//! outputs and sometimes credentials), whatever the umask.
 
 use std::ops::Range;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -158,8 +163,10 @@ impl BlobStore {
     /// A store in a local directory (created if missing).
     pub fn local(root: PathBuf) -> Result<BlobStore, BlobError> {
         let url = format!("file://{}", root.display());
-        std::fs::create_dir_all(&root)
-            .map_err(|source| BlobError::Io { key: url.clone(), source })?;
+        let io_err = |source| BlobError::Io { key: url.clone(), source };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&root).map_err(io_err)?;
+        // An existing directory keeps its mode otherwise.
+        std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)).map_err(io_err)?;
         let fs = LocalFileSystem::new_with_prefix(&root)
             .map_err(|source| BlobError::Open { url, source })?;
         Ok(BlobStore {
@@ -172,6 +179,32 @@ impl BlobStore {
     /// Which backend this is.
     pub fn backend(&self) -> &Backend {
         &self.backend
+    }
+
+    /// Bytes available to hangar on the filesystem of a local store; `None`
+    /// for S3 (no such limit) or when the filesystem cannot be asked.
+    pub fn free_bytes(&self) -> Option<u64> {
+        let Backend::Local { root } = &self.backend else { return None };
+        let stat = nix::sys::statvfs::statvfs(root.as_path()).ok()?;
+        #[allow(clippy::useless_conversion)] // the field types differ between targets
+        let (avail, frsize) = (u64::from(stat.blocks_available()), u64::from(stat.fragment_size()));
+        Some(avail.saturating_mul(frsize))
+    }
+
+    /// Local backend: makes the file at `key` 0600 and the directories from
+    /// the root down to it 0700 (object_store creates them with the umask).
+    fn restrict_local(&self, key: &str) -> Result<(), BlobError> {
+        let Backend::Local { root } = &self.backend else { return Ok(()) };
+        let io_err = |source| BlobError::Io { key: key.to_owned(), source };
+        let file = root.join(key);
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).map_err(io_err)?;
+        let mut dir: &Path = file.parent().unwrap_or(root);
+        while dir.starts_with(root) && dir != root.as_path() {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(io_err)?;
+            dir = dir.parent().unwrap_or(root);
+        }
+        Ok(())
     }
 
     /// Streams `body` into a new object at `key`, replacing any earlier one
@@ -208,6 +241,7 @@ impl BlobStore {
             writer.put(chunk);
         }
         writer.finish().await.map_err(|e| store_err("complete", e))?;
+        self.restrict_local(key)?;
         Ok(received)
     }
 

@@ -151,3 +151,22 @@ fn urls_are_checked() {
         assert!(matches!(BlobStore::open(bad), Err(BlobError::BadUrl { .. })), "{bad}");
     }
 }
+
+#[tokio::test]
+async fn local_blobs_are_private_to_hangars_user() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    // An existing root with a loose mode is tightened too.
+    std::fs::create_dir(&root).unwrap();
+    std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = BlobStore::local(root.clone()).unwrap();
+    let data = futures::stream::iter(chunks(b"secret build output", 4));
+    store.put_stream("7/abc/block-00", data, u64::MAX).await.unwrap();
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&root), 0o700);
+    assert_eq!(mode(&root.join("7")), 0o700);
+    assert_eq!(mode(&root.join("7/abc")), 0o700);
+    assert_eq!(mode(&root.join("7/abc/block-00")), 0o600);
+    assert!(store.free_bytes().is_some_and(|n| n > 0));
+}

@@ -5,12 +5,28 @@
 //! storage = "file:///var/lib/hangar/cache"   # or "s3://bucket/prefix" (AWS_* env)
 //! token_issuer = "https://token.actions.githubusercontent.com"
 //! token_jwks_url = "https://token.actions.githubusercontent.com/.well-known/jwks"
+//! # token_audience = "..."        # checked when set; real runtime tokens' `aud` is unknown
+//! allowed_owners = ["my-org"]     # default: the owner of [scheduler] runner_scope
+//! # allowed_repository_ids = [123456]   # also accepted, whatever their owner
 //! ttl = "7d"                      # unused entries older than this are evicted
 //! max_repo_bytes = 10000000000    # per repository, least recently used evicted first
+//! max_total_bytes = 50000000000   # all repositories together, same rule
+//! max_entry_bytes = 10000000000   # one entry (GitHub's limit)
+//! min_free_bytes = 2000000000     # local storage: refuse uploads below this much free space
 //! eviction_schedule = "1h"       # every hour, or "daily 03:00" (UTC)
 //! # public_url = "https://cache.example"   # origin in signed URLs; default: the request's Host
-//! # insecure_skip_token_verification = true  # development only, logged loudly
+//! # insecure_skip_token_verification = true  # development only, loopback listener only
 //! ```
+//!
+//! Every cap counts uploads still under way: their bytes so far count
+//! towards the repository's and the global cap, and an upload that would
+//! push the *unfinished* bytes past a cap is refused (committed entries are
+//! evicted least recently used first instead, as GitHub does).
+//!
+//! Blobs default to `<data_dir>/cache`, the disk the SQLite database is on; a
+//! full disk then stops webhook intake too. Point `storage` at its own
+//! filesystem (or S3) in production; `min_free_bytes` is the floor below
+//! which local uploads are refused either way.
 //!
 //! Durations are written as everywhere in the file
 //! ([`hangar_types::duration`]: `"30s"`, `"30m"`, `"72h"`, `"7d"`) and parsed
@@ -36,14 +52,25 @@ pub struct CacheConfig {
     pub storage: Option<String>,
     pub token_issuer: String,
     pub token_jwks_url: String,
-    /// Development only: accept tokens without verifying them.
+    /// When set, a token's `aud` must contain it. Unset: `aud` is not checked
+    /// (what GitHub puts in runtime tokens' `aud` is not known yet).
+    pub token_audience: Option<String>,
+    /// Owners (organization or user logins, compared case-insensitively
+    /// with the token's `repository_owner` claim) whose tokens are accepted.
+    /// Empty: hangar fills in the owner of `[scheduler] runner_scope`; with
+    /// neither, no token is accepted.
+    pub allowed_owners: Vec<String>,
+    /// Repositories whose tokens are accepted, whatever their owner.
+    pub allowed_repository_ids: Vec<i64>,
+    /// Development only: accept tokens without verifying them. Refused
+    /// unless hangar listens on loopback only.
     pub insecure_skip_token_verification: bool,
     /// The origin put into signed upload/download URLs (e.g. `http://10.0.0.1:8080`).
     /// Default: `http://` + the request's `Host` header.
     pub public_url: Option<String>,
     /// Secret for signing URLs (hex or any string). Default: random per process,
     /// so URLs handed out before a restart stop working.
-    pub url_signing_key: Option<String>,
+    pub url_signing_key: Option<hangar_types::Secret>,
     /// How long signed URLs stay valid.
     #[serde(with = "duration")]
     pub url_ttl: Duration,
@@ -52,8 +79,13 @@ pub struct CacheConfig {
     pub ttl: Duration,
     /// Per-repository size cap in bytes.
     pub max_repo_bytes: u64,
+    /// Cap over all repositories together, in bytes.
+    pub max_total_bytes: u64,
     /// Largest single entry accepted, in bytes.
     pub max_entry_bytes: u64,
+    /// Local storage only: uploads are refused while the filesystem holding
+    /// the blobs has less than this many bytes free.
+    pub min_free_bytes: u64,
     /// Unfinished uploads older than this are purged.
     #[serde(with = "duration")]
     pub upload_timeout: Duration,
@@ -68,13 +100,18 @@ impl Default for CacheConfig {
             storage: None,
             token_issuer: GITHUB_ISSUER.to_owned(),
             token_jwks_url: GITHUB_JWKS_URL.to_owned(),
+            token_audience: None,
+            allowed_owners: Vec::new(),
+            allowed_repository_ids: Vec::new(),
             insecure_skip_token_verification: false,
             public_url: None,
             url_signing_key: None,
             url_ttl: Duration::from_secs(6 * 3600),
             ttl: Duration::from_secs(7 * 86_400),
             max_repo_bytes: 10_000_000_000,
-            max_entry_bytes: 50 * 1024 * 1024 * 1024,
+            max_total_bytes: 50_000_000_000,
+            max_entry_bytes: 10_000_000_000,
+            min_free_bytes: 2_000_000_000,
             upload_timeout: Duration::from_secs(30 * 60),
             eviction_schedule: Schedule::Every(Duration::from_secs(3600)),
         }
@@ -109,7 +146,9 @@ pub struct Settings {
     pub upload_timeout: Duration,
     pub schedule: Schedule,
     pub max_repo_bytes: u64,
+    pub max_total_bytes: u64,
     pub max_entry_bytes: u64,
+    pub min_free_bytes: u64,
 }
 
 impl CacheConfig {
@@ -147,15 +186,68 @@ impl CacheConfig {
                 });
             }
         }
+        for (key, value) in [
+            ("max_repo_bytes", self.max_repo_bytes),
+            ("max_total_bytes", self.max_total_bytes),
+            ("max_entry_bytes", self.max_entry_bytes),
+        ] {
+            if value == 0 {
+                return Err(ConfigError {
+                    key,
+                    value: value.to_string(),
+                    expected: "more than 0 bytes",
+                });
+            }
+        }
+        if let Some(owner) = self.allowed_owners.iter().find(|o| !valid_owner(o)) {
+            return Err(ConfigError {
+                key: "allowed_owners",
+                value: owner.clone(),
+                expected: "GitHub logins (letters, digits and `-`)",
+            });
+        }
+        if self.token_audience.as_deref().is_some_and(str::is_empty) {
+            return Err(ConfigError {
+                key: "token_audience",
+                value: String::new(),
+                expected: "a non-empty audience, or no key at all",
+            });
+        }
         Ok(Settings {
             url_ttl: self.url_ttl,
             ttl: self.ttl,
             upload_timeout: self.upload_timeout,
             schedule: self.eviction_schedule,
             max_repo_bytes: self.max_repo_bytes,
+            max_total_bytes: self.max_total_bytes,
             max_entry_bytes: self.max_entry_bytes,
+            min_free_bytes: self.min_free_bytes,
         })
     }
+
+    /// Refuses `insecure_skip_token_verification` unless every address the
+    /// cache is served on is loopback: with it, anyone who reaches the
+    /// listener can forge a token for any repository and poison its cache.
+    pub fn check_listener(&self, listen: std::net::SocketAddr) -> Result<(), ConfigError> {
+        if self.enabled && self.insecure_skip_token_verification && !listen.ip().is_loopback() {
+            return Err(ConfigError {
+                key: "insecure_skip_token_verification",
+                value: format!("true (server.listen = {listen})"),
+                expected: "false when hangar listens on a non-loopback address: without \
+                           verification anyone who reaches the listener can write any \
+                           repository's cache",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// A GitHub login: ASCII letters, digits and `-` (and `_` in some
+/// enterprise logins), 1 to 100 characters.
+fn valid_owner(owner: &str) -> bool {
+    !owner.is_empty()
+        && owner.len() <= 100
+        && owner.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 impl TryFrom<String> for Schedule {

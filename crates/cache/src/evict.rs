@@ -1,6 +1,11 @@
 //! Eviction, as GitHub does it: entries not used for the TTL go; a
 //! repository over its size cap loses least-recently-used entries until it
 //! fits; reservations never committed within the upload timeout are purged.
+//! Beyond GitHub, a global cap (`max_total_bytes`) over all repositories
+//! evicts the least recently used entries of any repository. Uploads under
+//! way count towards both caps with the bytes they have so far (they are
+//! never evicted before their timeout; `service.rs` refuses their bytes
+//! once the unfinished bytes alone would pass a cap).
 //!
 //! One pass re-reads the whole index (metadata only) and needs no input, so
 //! the scheduled run, the run after each save and `hangar cache evict
@@ -20,6 +25,8 @@ pub enum EvictReason {
     Unused,
     /// Its repository was over the size cap; this was least recently used.
     SizeCap,
+    /// The whole cache was over the global cap; this was least recently used.
+    TotalCap,
     /// Reserved but never committed within the upload timeout.
     Abandoned,
 }
@@ -29,6 +36,7 @@ impl EvictReason {
         match self {
             EvictReason::Unused => "unused",
             EvictReason::SizeCap => "size_cap",
+            EvictReason::TotalCap => "total_cap",
             EvictReason::Abandoned => "abandoned",
         }
     }
@@ -44,40 +52,67 @@ fn millis(d: std::time::Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
+/// The size caps, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Per repository.
+    pub repo: u64,
+    /// All repositories together.
+    pub total: u64,
+}
+
 /// Decides which entries go, given all entries (least recently used first).
 pub fn plan(
     entries: &[CacheEntry],
     now: i64,
     ttl_ms: i64,
     upload_timeout_ms: i64,
-    cap: u64,
+    caps: Caps,
 ) -> Vec<(CacheEntry, EvictReason)> {
     let mut out = Vec::new();
     let mut kept: BTreeMap<RepositoryId, Vec<&CacheEntry>> = BTreeMap::new();
+    let mut unfinished: BTreeMap<RepositoryId, u64> = BTreeMap::new();
     for e in entries {
         match e.state {
             CacheEntryState::Uploading if e.created_at + upload_timeout_ms < now => {
                 out.push((e.clone(), EvictReason::Abandoned));
             }
-            CacheEntryState::Uploading => {}
+            CacheEntryState::Uploading => *unfinished.entry(e.repository_id).or_default() += e.size,
             CacheEntryState::Ready if e.last_used_at + ttl_ms < now => {
                 out.push((e.clone(), EvictReason::Unused));
             }
             CacheEntryState::Ready => kept.entry(e.repository_id).or_default().push(e),
         }
     }
-    for list in kept.values_mut() {
+    let mut survivors: Vec<&CacheEntry> = Vec::new();
+    for (repo, list) in &mut kept {
         list.sort_by_key(|e| (e.last_used_at, e.id));
-        let mut total: u64 = list.iter().map(|e| e.size).sum();
+        let mut total: u64 =
+            list.iter().map(|e| e.size).sum::<u64>() + unfinished.get(repo).copied().unwrap_or(0);
         for e in list.iter() {
-            if total <= cap {
-                break;
+            if total <= caps.repo {
+                survivors.push(e);
+                continue;
             }
             total -= e.size;
             out.push(((*e).clone(), EvictReason::SizeCap));
         }
     }
+    survivors.sort_by_key(|e| (e.last_used_at, e.id));
+    let mut total: u64 =
+        survivors.iter().map(|e| e.size).sum::<u64>() + unfinished.values().sum::<u64>();
+    for e in survivors {
+        if total <= caps.total {
+            break;
+        }
+        total -= e.size;
+        out.push((e.clone(), EvictReason::TotalCap));
+    }
     out
+}
+
+fn caps(service: &CacheService) -> Caps {
+    Caps { repo: service.settings.max_repo_bytes, total: service.settings.max_total_bytes }
 }
 
 async fn apply(
@@ -101,19 +136,17 @@ pub async fn evict(service: &CacheService, dry_run: bool) -> Result<EvictionRepo
     let entries = service.index.entry_list(None).await?;
     let s = &service.settings;
     let plan =
-        plan(&entries, service.now(), millis(s.ttl), millis(s.upload_timeout), s.max_repo_bytes);
+        plan(&entries, service.now(), millis(s.ttl), millis(s.upload_timeout), caps(service));
     apply(service, plan, dry_run).await
 }
 
-/// Only the size cap of one repository (run after each save).
-pub async fn evict_repo_over_cap(
+/// Only the size caps, per repository and global (run after each save).
+pub async fn evict_over_caps(
     service: &CacheService,
-    repository_id: RepositoryId,
     dry_run: bool,
 ) -> Result<EvictionReport, CacheError> {
-    let entries = service.index.entry_list(Some(repository_id)).await?;
-    let plan =
-        plan(&entries, service.now(), i64::MAX / 4, i64::MAX / 4, service.settings.max_repo_bytes);
+    let entries = service.index.entry_list(None).await?;
+    let plan = plan(&entries, service.now(), i64::MAX / 4, i64::MAX / 4, caps(service));
     apply(service, plan, dry_run).await
 }
 
@@ -172,10 +205,43 @@ mod tests {
             entry(6, 2, 0, 990, CacheEntryState::Uploading), // still uploading
         ];
         let got: Vec<(i64, EvictReason)> =
-            plan(&entries, 1000, 800, 100, 100).into_iter().map(|(e, r)| (e.id.0, r)).collect();
+            plan(&entries, 1000, 800, 100, Caps { repo: 100, total: u64::MAX })
+                .into_iter()
+                .map(|(e, r)| (e.id.0, r))
+                .collect();
         assert_eq!(
             got,
             vec![(1, EvictReason::Unused), (5, EvictReason::Abandoned), (2, EvictReason::SizeCap)]
+        );
+    }
+
+    #[test]
+    fn unfinished_uploads_count_and_the_global_cap_evicts_across_repositories() {
+        let r = CacheEntryState::Ready;
+        let entries = vec![
+            entry(1, 1, 40, 100, r),
+            entry(2, 2, 40, 200, r),
+            entry(3, 1, 40, 300, r),
+            // 30 bytes uploaded so far, not committed: counts, is never evicted.
+            entry(4, 2, 30, 950, CacheEntryState::Uploading),
+        ];
+        let got = |caps| -> Vec<(i64, EvictReason)> {
+            plan(&entries, 1000, i64::MAX / 4, 1000, caps)
+                .into_iter()
+                .map(|(e, r)| (e.id.0, r))
+                .collect()
+        };
+        // Repo 1 holds 80: over a cap of 65. Repo 2 holds 40 committed, which
+        // fits, plus 30 unfinished, which does not: its entry goes too.
+        assert_eq!(
+            got(Caps { repo: 65, total: u64::MAX }),
+            [(1, EvictReason::SizeCap), (2, EvictReason::SizeCap)]
+        );
+        assert_eq!(got(Caps { repo: 80, total: u64::MAX }), []);
+        // 150 in all over a global cap of 100: the oldest entries of any repository go.
+        assert_eq!(
+            got(Caps { repo: u64::MAX, total: 100 }),
+            [(1, EvictReason::TotalCap), (2, EvictReason::TotalCap)]
         );
     }
 }

@@ -104,14 +104,21 @@ struct ApiError(Proto, CacheError);
 impl ApiError {
     fn status(&self) -> (StatusCode, &'static str) {
         match &self.1 {
-            CacheError::Unauthorized(_) | CacheError::BadSignature => {
-                (StatusCode::UNAUTHORIZED, "unauthenticated")
-            }
             CacheError::WriteDenied => (StatusCode::FORBIDDEN, "permission_denied"),
             CacheError::Invalid(_) | CacheError::Incomplete(_) | CacheError::InvalidBlockList => {
                 (StatusCode::BAD_REQUEST, "invalid_argument")
             }
             CacheError::TooLarge { .. } => (StatusCode::BAD_REQUEST, "invalid_argument"),
+            CacheError::Unauthorized(crate::token::TokenError::NotAllowed { .. }) => {
+                (StatusCode::FORBIDDEN, "permission_denied")
+            }
+            CacheError::QuotaExceeded { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "resource_exhausted")
+            }
+            CacheError::LowSpace { .. } => (StatusCode::INSUFFICIENT_STORAGE, "resource_exhausted"),
+            CacheError::Unauthorized(_) | CacheError::BadSignature => {
+                (StatusCode::UNAUTHORIZED, "unauthenticated")
+            }
             CacheError::Conflict => (StatusCode::CONFLICT, "already_exists"),
             CacheError::NotFound => (StatusCode::NOT_FOUND, "not_found"),
             CacheError::Body(_) => (StatusCode::BAD_REQUEST, "invalid_argument"),
@@ -433,17 +440,22 @@ pub fn block_list_ids(xml: &str) -> Result<Vec<String>, CacheError> {
         if rest.starts_with("</BlockList>") {
             return Ok(ids);
         }
-        let open_end =
-            rest.find('>').ok_or_else(|| CacheError::Invalid("bad block list".into()))?;
-        let tag = &rest[1..open_end];
-        if !rest.starts_with('<') || !["Latest", "Committed", "Uncommitted"].contains(&tag) {
+        // Slices below are only taken at ASCII positions found by `find`, after
+        // the opening `<` is known to be there, so no input can panic here.
+        let tag = rest
+            .strip_prefix('<')
+            .and_then(|after| after.split_once('>'))
+            .map(|(tag, _)| tag)
+            .ok_or_else(|| CacheError::Invalid("bad block list".into()))?;
+        if !["Latest", "Committed", "Uncommitted"].contains(&tag) {
             return Err(CacheError::Invalid(format!("unexpected element in block list: {tag:?}")));
         }
+        let body = &rest[tag.len() + 2..];
         let close = format!("</{tag}>");
         let value_end =
-            rest.find(&close).ok_or_else(|| CacheError::Invalid("bad block list".into()))?;
-        ids.push(rest[open_end + 1..value_end].trim().to_owned());
-        rest = &rest[value_end + close.len()..];
+            body.find(&close).ok_or_else(|| CacheError::Invalid("bad block list".into()))?;
+        ids.push(body[..value_end].trim().to_owned());
+        rest = &body[value_end + close.len()..];
     }
 }
 
@@ -462,7 +474,7 @@ pub fn parse_range(value: &str, size: u64) -> Option<std::ops::Range<u64>> {
             size.saturating_sub(n)..size
         }
         (a, "") => a.parse().ok()?..size,
-        (a, b) => a.parse().ok()?..(b.parse::<u64>().ok()? + 1).min(size),
+        (a, b) => a.parse().ok()?..b.parse::<u64>().ok()?.saturating_add(1).min(size),
     };
     (range.start < range.end && range.end <= size).then_some(range)
 }
@@ -781,6 +793,31 @@ mod tests {
         assert!(block_list_ids("<BlockList><Evil>x</Evil></BlockList>").is_err());
         assert!(block_list_ids("<BlockList><Latest>x</Latest>").is_err());
         assert!(block_list_ids("nothing").is_err());
+    }
+
+    #[test]
+    fn hostile_block_lists_are_errors_not_panics() {
+        // Each of these panicked before (a slice `1..0`, or one cutting `é`).
+        for xml in [
+            "<BlockList>></BlockList>",
+            "<BlockList>é></BlockList>",
+            "<BlockList><é>x</é></BlockList>",
+            "<BlockList><Latest>",
+            "<BlockList><Latest",
+            "<BlockList><",
+            "<BlockList>x",
+        ] {
+            assert!(block_list_ids(xml).is_err(), "{xml:?}");
+        }
+    }
+
+    #[test]
+    fn range_ends_at_the_largest_number_do_not_overflow() {
+        // `u64::MAX + 1` panicked in debug builds (and wrapped in release).
+        assert_eq!(parse_range("bytes=0-18446744073709551615", 100), Some(0..100));
+        assert_eq!(parse_range("bytes=0-18446744073709551616", 100), None);
+        assert_eq!(parse_range("bytes=-18446744073709551615", 100), Some(0..100));
+        assert_eq!(parse_range("bytes=18446744073709551615-", 100), None);
     }
 
     #[test]

@@ -79,6 +79,12 @@ pub trait CacheIndex: Send + Sync + 'static {
     ) -> Result<(), IndexError>;
     /// Deletes an entry, returning it if it existed.
     async fn entry_delete(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError>;
+    /// Adds `delta` to the bytes an `Uploading` entry has received (its
+    /// `size`), never below 0; nothing for a `Ready` or missing entry.
+    async fn entry_add_uploaded(&self, id: CacheEntryId, delta: i64) -> Result<(), IndexError>;
+    /// Bytes received by `Uploading` entries (of one repository if given).
+    async fn uploading_bytes(&self, repository_id: Option<RepositoryId>)
+    -> Result<u64, IndexError>;
     /// All entries (of one repository if given), least recently used first.
     async fn entry_list(
         &self,
@@ -244,6 +250,31 @@ impl CacheIndex for MemIndex {
         Ok(self.with(|m| m.entries.remove(&id)))
     }
 
+    async fn entry_add_uploaded(&self, id: CacheEntryId, delta: i64) -> Result<(), IndexError> {
+        self.with(|m| {
+            if let Some(e) = m.entries.get_mut(&id)
+                && e.state == CacheEntryState::Uploading
+            {
+                e.size = e.size.saturating_add_signed(delta);
+            }
+        });
+        Ok(())
+    }
+
+    async fn uploading_bytes(
+        &self,
+        repository_id: Option<RepositoryId>,
+    ) -> Result<u64, IndexError> {
+        Ok(self.with(|m| {
+            m.entries
+                .values()
+                .filter(|e| e.state == CacheEntryState::Uploading)
+                .filter(|e| repository_id.is_none_or(|r| e.repository_id == r))
+                .map(|e| e.size)
+                .sum()
+        }))
+    }
+
     async fn entry_list(
         &self,
         repository_id: Option<RepositoryId>,
@@ -351,6 +382,17 @@ impl CacheIndex for hangar_store::Store {
 
     async fn entry_delete(&self, id: CacheEntryId) -> Result<Option<CacheEntry>, IndexError> {
         self.cache_entry_delete(id).await.map_err(backend)
+    }
+
+    async fn entry_add_uploaded(&self, id: CacheEntryId, delta: i64) -> Result<(), IndexError> {
+        self.cache_entry_add_uploaded(id, delta).await.map_err(backend)
+    }
+
+    async fn uploading_bytes(
+        &self,
+        repository_id: Option<RepositoryId>,
+    ) -> Result<u64, IndexError> {
+        self.cache_uploading_bytes(repository_id).await.map_err(backend)
     }
 
     async fn entry_list(

@@ -63,13 +63,37 @@ impl CacheService {
         let tokens = if config.insecure_skip_token_verification {
             token::TokenVerifier::insecure_skip_verification()
         } else {
-            token::TokenVerifier::new(&config.token_issuer, &config.token_jwks_url)
+            token::TokenVerifier::new(token::Policy {
+                issuer: config.token_issuer.clone(),
+                jwks_url: config.token_jwks_url.clone(),
+                audience: config.token_audience.clone(),
+                allow: token::AllowList::new(
+                    &config.allowed_owners,
+                    &config.allowed_repository_ids,
+                ),
+                refresh_min: token::JWKS_REFRESH_MIN,
+            })
         };
         let signer = match &config.url_signing_key {
-            Some(key) => sign::UrlSigner::new(key.as_bytes()),
+            Some(key) => sign::UrlSigner::new(key.expose().as_bytes()),
             None => sign::UrlSigner::random(),
         };
-        tracing::info!(storage = ?blobs.backend(), issuer = %config.token_issuer, "cache: serving");
+        if let (None, hangar_blobstore::Backend::Local { root }) =
+            (&config.storage, blobs.backend())
+        {
+            tracing::info!(
+                storage = %root.display(),
+                "cache: blobs on local disk; give them their own filesystem ([cache] storage) so \
+                 a full cache cannot stop the database"
+            );
+        }
+        tracing::info!(
+            storage = ?blobs.backend(),
+            issuer = %config.token_issuer,
+            allowed_owners = ?config.allowed_owners,
+            allowed_repository_ids = ?config.allowed_repository_ids,
+            "cache: serving"
+        );
         Ok(CacheService {
             index,
             blobs,
@@ -78,6 +102,7 @@ impl CacheService {
             settings,
             public_url: config.public_url.clone(),
             clock,
+            in_flight: Arc::default(),
             tasks: tokio_util::task::TaskTracker::new(),
         })
     }

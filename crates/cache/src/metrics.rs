@@ -35,6 +35,6 @@ pub const ALL: &[Metric] = &[
         kind: MetricKind::Counter,
         unit: MetricUnit::Count,
         labels: &["reason"],
-        help: "Cache entries evicted, by reason (`unused`, `size_cap`, `abandoned`).",
+        help: "Cache entries evicted, by reason (`unused`, `size_cap`, `total_cap`, `abandoned`).",
     },
 ];

@@ -13,13 +13,24 @@
 //! Commit (v2 Finalize, v1 POST) checks the parts add up to the declared size
 //! and records the ordered part list in the index; only then is the entry
 //! `Ready`, and only `Ready` entries are ever found or served.
+//!
+//! Limits, checked as bytes arrive rather than at commit: an entry never
+//! holds more than `max_entry_bytes` (counted over all its blocks or chunks,
+//! and again at commit); the bytes of unfinished uploads — received so far,
+//! recorded in the index as each part completes, plus the parts arriving in
+//! this process right now ([`InFlight`]) — never exceed the repository's cap
+//! nor the global one; and on local storage nothing is written while the
+//! disk has less than `min_free_bytes` free. Committed entries over a cap are
+//! evicted least recently used first ([`crate::evict`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::Stream;
 use hangar_blobstore::{BlobError, BlobStore, ByteStream, Part};
-use hangar_types::{CacheEntryId, ErrorChain};
+use hangar_types::{CacheEntryId, ErrorChain, RepositoryId};
 
 use crate::clock::Clock;
 use crate::config::Settings;
@@ -50,6 +61,10 @@ pub enum CacheError {
     BadSignature,
     #[error("entry too large: {size} bytes exceeds the limit of {limit}")]
     TooLarge { size: u64, limit: u64 },
+    #[error("cache full: unfinished uploads would exceed the {cap} of {limit} bytes")]
+    QuotaExceeded { cap: &'static str, limit: u64 },
+    #[error("cache storage is low on space: {free} bytes free, {floor} required")]
+    LowSpace { free: u64, floor: u64 },
     #[error("the upload is incomplete: {0}")]
     Incomplete(String),
     #[error("the block list references a block that was not uploaded")]
@@ -99,6 +114,52 @@ impl std::fmt::Debug for Download {
     }
 }
 
+/// Bytes of part bodies arriving in this process right now, per repository
+/// and in total. Each chunk is added as it arrives (and checked against the
+/// caps together with what the index says is already uploaded), and taken
+/// out again when its part ends, so concurrent uploads cannot each use the
+/// same room.
+#[derive(Debug, Default)]
+pub(crate) struct InFlight {
+    total: u64,
+    by_repo: HashMap<RepositoryId, u64>,
+}
+
+/// One part upload's share of [`InFlight`] (`bytes`, grown by the body as it
+/// arrives), returned when it drops: after the index has counted the part.
+struct InFlightGuard {
+    ledger: Arc<Mutex<InFlight>>,
+    repo: RepositoryId,
+    bytes: Arc<AtomicU64>,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        let bytes = self.bytes.load(Ordering::SeqCst);
+        let mut ledger = self.ledger.lock().expect("in-flight ledger lock");
+        ledger.total = ledger.total.saturating_sub(bytes);
+        if let Some(n) = ledger.by_repo.get_mut(&self.repo) {
+            *n = n.saturating_sub(bytes);
+            if *n == 0 {
+                ledger.by_repo.remove(&self.repo);
+            }
+        }
+    }
+}
+
+/// A cap hit while a body streams in; carried through the blob store as the
+/// body's error and turned back into a [`CacheError`] by `put_part`.
+#[derive(Debug, thiserror::Error)]
+enum StreamLimit {
+    #[error("cache full: unfinished uploads would exceed the {cap} of {limit} bytes")]
+    Quota { cap: &'static str, limit: u64 },
+    #[error("cache storage is low on space: {free} bytes free, {floor} required")]
+    LowSpace { free: u64, floor: u64 },
+}
+
+/// Re-check free space after this many bytes of one body.
+const FREE_SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
+
 /// The cache service: shared state behind the HTTP handlers.
 #[derive(Clone)]
 pub struct CacheService {
@@ -109,6 +170,7 @@ pub struct CacheService {
     pub(crate) settings: Settings,
     pub(crate) public_url: Option<String>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) in_flight: Arc<Mutex<InFlight>>,
     /// Work a request leaves running (size-cap eviction), drained on stop.
     pub(crate) tasks: tokio_util::task::TaskTracker,
 }
@@ -225,6 +287,20 @@ impl CacheService {
         {
             return Err(CacheError::TooLarge { size, limit: self.settings.max_entry_bytes });
         }
+        self.check_free_space()?;
+        let repo_unfinished = self.index.uploading_bytes(Some(who.repository_id)).await?;
+        if repo_unfinished >= self.settings.max_repo_bytes {
+            return Err(CacheError::QuotaExceeded {
+                cap: "repository cap (max_repo_bytes)",
+                limit: self.settings.max_repo_bytes,
+            });
+        }
+        if self.index.uploading_bytes(None).await? >= self.settings.max_total_bytes {
+            return Err(CacheError::QuotaExceeded {
+                cap: "global cap (max_total_bytes)",
+                limit: self.settings.max_total_bytes,
+            });
+        }
         let now = self.now();
         let new = NewCacheEntry {
             repository_id: who.repository_id,
@@ -315,6 +391,18 @@ impl CacheService {
         }
     }
 
+    /// Refuses writes while local storage has less than `min_free_bytes` free.
+    fn check_free_space(&self) -> Result<(), CacheError> {
+        let floor = self.settings.min_free_bytes;
+        match self.blobs.free_bytes() {
+            Some(free) if free < floor => Err(CacheError::LowSpace { free, floor }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Stores one part (a block, a chunk, the whole blob) of an `Uploading`
+    /// entry, within `limit` and every cap (see the module docs), and counts
+    /// its bytes towards the entry's unfinished total.
     async fn put_part<S, E>(
         &self,
         entry: &CacheEntry,
@@ -326,8 +414,81 @@ impl CacheService {
         S: Stream<Item = Result<Bytes, E>> + Send,
         E: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
+        self.check_free_space()?;
         let key = format!("{}/{name}", entry.blob_prefix);
-        let n = self.blobs.put_stream(&key, body, limit).await?;
+        // A retried part replaces the earlier one: its bytes are not counted twice.
+        let old = self.blobs.size(&key).await?.unwrap_or(0);
+        let s = &self.settings;
+        // The entry as it is now (the caller's copy may predate other parts).
+        let current = self.index.entry_get(entry.id).await?.ok_or(CacheError::NotFound)?;
+        Self::uploading(&current)?;
+        let entry_before = current.size.saturating_sub(old);
+        let entry_room = s.max_entry_bytes.saturating_sub(entry_before);
+        let repo = entry.repository_id;
+        let repo_base = self.index.uploading_bytes(Some(repo)).await?.saturating_sub(old);
+        let total_base = self.index.uploading_bytes(None).await?.saturating_sub(old);
+        let (max_repo, max_total, floor) = (s.max_repo_bytes, s.max_total_bytes, s.min_free_bytes);
+        let guard = InFlightGuard { ledger: self.in_flight.clone(), repo, bytes: Arc::default() };
+        let (ledger, mine) = (guard.ledger.clone(), guard.bytes.clone());
+        let blobs = self.blobs.clone();
+        let mut since_space_check = 0u64;
+        let counted = futures::StreamExt::map(body, move |chunk| {
+            let chunk = chunk.map_err(Into::into)?;
+            let n = chunk.len() as u64;
+            let (repo_now, total_now) = {
+                let mut ledger = ledger.lock().expect("in-flight ledger lock");
+                ledger.total += n;
+                let by_repo = ledger.by_repo.entry(repo).or_default();
+                *by_repo += n;
+                mine.fetch_add(n, Ordering::SeqCst);
+                (*by_repo, ledger.total)
+            };
+            if repo_base + repo_now > max_repo {
+                let cap = "repository cap (max_repo_bytes)";
+                return Err(StreamLimit::Quota { cap, limit: max_repo }.into());
+            }
+            if total_base + total_now > max_total {
+                let cap = "global cap (max_total_bytes)";
+                return Err(StreamLimit::Quota { cap, limit: max_total }.into());
+            }
+            since_space_check += n;
+            if since_space_check >= FREE_SPACE_CHECK_EVERY {
+                since_space_check = 0;
+                if let Some(free) = blobs.free_bytes()
+                    && free < floor
+                {
+                    return Err(StreamLimit::LowSpace { free, floor }.into());
+                }
+            }
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
+        });
+        let n = match self.blobs.put_stream(&key, counted, limit.min(entry_room)).await {
+            Ok(n) => n,
+            Err(BlobError::TooLarge { .. }) if entry_room < limit => {
+                return Err(CacheError::TooLarge {
+                    size: entry_before + entry_room + 1,
+                    limit: s.max_entry_bytes,
+                });
+            }
+            Err(BlobError::Body { source, received }) => {
+                return Err(match source.downcast::<StreamLimit>() {
+                    Ok(limit) => match *limit {
+                        StreamLimit::Quota { cap, limit } => {
+                            CacheError::QuotaExceeded { cap, limit }
+                        }
+                        StreamLimit::LowSpace { free, floor } => {
+                            CacheError::LowSpace { free, floor }
+                        }
+                    },
+                    Err(source) => CacheError::Body(BlobError::Body { received, source }),
+                });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let delta = i64::try_from(n).unwrap_or(i64::MAX) - i64::try_from(old).unwrap_or(0);
+        self.index.entry_add_uploaded(entry.id, delta).await?;
+        // Only now out of the in-flight ledger: the part is never uncounted.
+        drop(guard);
         metrics::counter!(crate::metrics::CACHE_BYTES_IN).increment(n);
         Ok(n)
     }
@@ -410,6 +571,7 @@ impl CacheService {
         let got = self.put_part(entry, &name, body, want).await?;
         if got != want {
             self.blobs.delete_prefix(&format!("{}/{name}", entry.blob_prefix)).await?;
+            self.index.entry_add_uploaded(entry.id, -i64::try_from(got).unwrap_or(0)).await?;
             return Err(CacheError::Invalid(format!(
                 "Content-Range says {want} bytes, the body had {got}"
             )));
@@ -474,6 +636,10 @@ impl CacheService {
         size: u64,
     ) -> Result<CacheEntry, CacheError> {
         let total: u64 = parts.iter().map(|p| p.size).sum();
+        let limit = self.settings.max_entry_bytes;
+        if total > limit || size > limit {
+            return Err(CacheError::TooLarge { size: total.max(size), limit });
+        }
         if total != size {
             return Err(CacheError::Incomplete(format!(
                 "{total} bytes were uploaded, {size} declared"
@@ -483,11 +649,11 @@ impl CacheService {
             return Err(CacheError::Conflict);
         }
         tracing::info!(repository_id = entry.repository_id.0, entry_id = entry.id.0, key = %entry.key, scope = %entry.scope, size, "cache: saved");
-        // Enforce the size cap right away; GitHub also accepts then evicts.
+        // Enforce the size caps right away; GitHub also accepts then evicts.
         let this = self.clone();
         let repo = entry.repository_id;
         self.tasks.spawn(async move {
-            if let Err(e) = crate::evict::evict_repo_over_cap(&this, repo, false).await {
+            if let Err(e) = crate::evict::evict_over_caps(&this, false).await {
                 tracing::warn!(repository_id = repo.0, error = %ErrorChain(&e), "cache: size-cap eviction failed");
             }
         });

@@ -2,26 +2,45 @@
 //!
 //! `@actions/cache` sends the job's `ACTIONS_RUNTIME_TOKEN` as a bearer token
 //! on every API call. It is a JWT signed by GitHub; we verify it against the
-//! configured issuer's JWKS (RS256, `iss`, `exp`, `nbf`) and read
-//! `repository_id` (a number or a numeric string) and `ac`, a JSON *string*
-//! holding `[{"Scope": "<ref>", "Permission": <bits>}]` with bit 1 = read and
-//! bit 2 = write. Keys are fetched once and again when an unknown `kid`
-//! appears (at most every [`JWKS_REFRESH_MIN`]).
+//! configured issuer's JWKS (RS256 only, `iss`, `exp`, `nbf`, and `aud` when
+//! `token_audience` is set) and read `repository_id` (a number or a numeric
+//! string), `repository_owner` and `ac`, a JSON *string* holding
+//! `[{"Scope": "<ref>", "Permission": <bits>}]` with bit 1 = read and bit 2 =
+//! write. A verified token is then checked against the allow-list
+//! (`allowed_owners`, `allowed_repository_ids`): a token of any other
+//! repository on github.com is refused (403), whoever signed it.
+//!
+//! Keys are fetched on first use and again when an unknown `kid` appears,
+//! but at most once per [`JWKS_REFRESH_MIN`] whatever the outcome, and never
+//! under a lock other requests wait on: the key set is swapped in whole, a
+//! token with a known `kid` never waits for a fetch, and concurrent requests
+//! with unknown `kid`s share the one fetch under way (or, between fetches,
+//! are refused at once). A storm of random `kid`s therefore costs the issuer
+//! one request per [`JWKS_REFRESH_MIN`] and stalls nobody else.
+//!
+//! The issuer: the default, `https://token.actions.githubusercontent.com`,
+//! is GitHub's OIDC issuer. Runtime tokens observed in the wild carry
+//! `iss: vstoken.actions.githubusercontent.com` instead
+//! (`shared/research/cache-protocol.md` §3.4, §8), and whether they verify
+//! against that JWKS is not known: see `docs/cache.md`.
 //!
 //! The development switch (`insecure_skip_token_verification`) still parses
-//! the claims but does not check the signature or the issuer; it is logged at
-//! `warn` when the server starts and on every request it lets through.
+//! the claims but does not check the signature, the issuer or the
+//! allow-list; config loading refuses it unless hangar listens on loopback
+//! only, and it is logged at `warn` when the server starts and on every
+//! request it lets through.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex as SyncMutex};
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
+use futures::future::{BoxFuture, Shared};
 use hangar_types::RepositoryId;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::JwkSet};
 use serde::Deserialize;
-use tokio::sync::Mutex;
 
-/// Refetch the JWKS for an unknown key id at most this often.
+/// Fetch the JWKS at most this often, whether the last fetch worked or not.
 pub const JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
 
 /// What a verified token allows.
@@ -35,7 +54,7 @@ pub struct Identity {
     pub write_scope: Option<String>,
 }
 
-/// Why a token was refused (always HTTP 401).
+/// Why a token was refused (HTTP 401; [`TokenError::NotAllowed`] is 403).
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("missing bearer token")]
@@ -46,17 +65,19 @@ pub enum TokenError {
     UnknownKey { kid: Option<String> },
     #[error("token claim {claim} is missing or malformed")]
     Claim { claim: &'static str },
-    #[error("fetching the issuer's keys from {url}")]
-    Jwks {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error(
+        "repository {repository_id} (owner {owner:?}) is not in the cache's allow-list \
+         ([cache] allowed_owners, allowed_repository_ids)"
+    )]
+    NotAllowed { repository_id: i64, owner: Option<String> },
+    #[error("fetching the issuer's keys from {url}: {message}")]
+    Jwks { url: String, message: String },
 }
 
 #[derive(Debug, Deserialize)]
 struct Claims {
     repository_id: Option<serde_json::Value>,
+    repository_owner: Option<String>,
     ac: Option<serde_json::Value>,
 }
 
@@ -68,19 +89,86 @@ struct AcScope {
     permission: i64,
 }
 
+/// Who may use the cache once their token verifies.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// Lower-cased owner logins.
+    pub owners: Vec<String>,
+    pub repository_ids: Vec<i64>,
+}
+
+impl AllowList {
+    pub fn new(owners: &[String], repository_ids: &[i64]) -> AllowList {
+        AllowList {
+            owners: owners.iter().map(|o| o.to_ascii_lowercase()).collect(),
+            repository_ids: repository_ids.to_vec(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.owners.is_empty() && self.repository_ids.is_empty()
+    }
+
+    fn allows(&self, repository_id: i64, owner: Option<&str>) -> bool {
+        self.repository_ids.contains(&repository_id)
+            || owner.is_some_and(|o| self.owners.contains(&o.to_ascii_lowercase()))
+    }
+}
+
+/// What tokens must satisfy, beyond a good signature.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub issuer: String,
+    pub jwks_url: String,
+    pub audience: Option<String>,
+    pub allow: AllowList,
+    /// Fetch the JWKS at most this often ([`JWKS_REFRESH_MIN`]).
+    pub refresh_min: Duration,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            issuer: String::new(),
+            jwks_url: String::new(),
+            audience: None,
+            allow: AllowList::default(),
+            refresh_min: JWKS_REFRESH_MIN,
+        }
+    }
+}
+
 /// Verifies runtime tokens.
 #[derive(Debug, Clone)]
 pub struct TokenVerifier {
     inner: Arc<Inner>,
 }
 
+type FetchResult = Result<Arc<Keys>, String>;
+
 #[derive(Debug)]
 struct Inner {
-    issuer: String,
-    jwks_url: String,
+    policy: Policy,
     skip_verification: bool,
     http: reqwest::Client,
-    keys: Mutex<Keys>,
+    state: SyncMutex<KeyState>,
+}
+
+/// The current keys and the fetch bookkeeping, behind a lock that is only
+/// ever held for a few instructions (never across an await).
+#[derive(Default)]
+struct KeyState {
+    keys: Arc<Keys>,
+    /// When the last fetch started (successful or not).
+    last_attempt: Option<Instant>,
+    /// The fetch under way, shared by every request that waits for it.
+    in_flight: Option<Shared<BoxFuture<'static, FetchResult>>>,
+}
+
+impl std::fmt::Debug for KeyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyState").field("keys", &self.keys).finish_non_exhaustive()
+    }
 }
 
 #[derive(Default)]
@@ -88,7 +176,6 @@ struct Keys {
     by_kid: HashMap<String, DecodingKey>,
     /// Keys without a `kid`, tried in order.
     anonymous: Vec<DecodingKey>,
-    fetched_at: Option<Instant>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -99,10 +186,25 @@ impl std::fmt::Debug for Keys {
     }
 }
 
+impl Keys {
+    fn candidates(&self, kid: Option<&str>) -> Vec<DecodingKey> {
+        match kid {
+            Some(kid) => self.by_kid.get(kid).cloned().into_iter().collect(),
+            None => self.anonymous.iter().chain(self.by_kid.values()).cloned().collect(),
+        }
+    }
+}
+
 impl TokenVerifier {
-    /// Verifies tokens from `issuer` with the keys at `jwks_url`.
-    pub fn new(issuer: &str, jwks_url: &str) -> TokenVerifier {
-        Self::build(issuer, jwks_url, false)
+    /// Verifies tokens as `policy` says.
+    pub fn new(policy: Policy) -> TokenVerifier {
+        if policy.allow.is_empty() {
+            tracing::warn!(
+                "cache: no allow-list ([cache] allowed_owners / allowed_repository_ids, or \
+                 [scheduler] runner_scope): every token is refused"
+            );
+        }
+        Self::build(policy, false)
     }
 
     /// Accepts any well-formed token without checking who signed it.
@@ -112,21 +214,20 @@ impl TokenVerifier {
             "cache: TOKEN VERIFICATION IS OFF (insecure_skip_token_verification = true): \
              any client can read and write any repository's cache"
         );
-        Self::build("", "", true)
+        Self::build(Policy::default(), true)
     }
 
-    fn build(issuer: &str, jwks_url: &str, skip_verification: bool) -> TokenVerifier {
+    fn build(policy: Policy, skip_verification: bool) -> TokenVerifier {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()
             .expect("a reqwest client with default TLS builds");
         TokenVerifier {
             inner: Arc::new(Inner {
-                issuer: issuer.to_owned(),
-                jwks_url: jwks_url.to_owned(),
+                policy,
                 skip_verification,
                 http,
-                keys: Mutex::new(Keys::default()),
+                state: SyncMutex::new(KeyState::default()),
             }),
         }
     }
@@ -144,7 +245,7 @@ impl TokenVerifier {
     /// Verifies a bare JWT.
     pub async fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(TokenError::Invalid)?;
-        let claims = if self.inner.skip_verification {
+        if self.inner.skip_verification {
             tracing::warn!("cache: accepting a runtime token WITHOUT verifying it");
             let mut validation = Validation::new(header.alg);
             // TODO-cleanup: jsonwebtoken 10 (the workspace's version, needed by the
@@ -155,69 +256,139 @@ impl TokenVerifier {
             validation.validate_aud = false;
             validation.required_spec_claims.clear();
             let key = DecodingKey::from_secret(&[]);
-            jsonwebtoken::decode::<Claims>(token, &key, &validation)
+            let claims = jsonwebtoken::decode::<Claims>(token, &key, &validation)
                 .map_err(TokenError::Invalid)?
-                .claims
-        } else {
-            let key = self.key_for(header.kid.as_deref()).await?;
-            let mut validation = Validation::new(Algorithm::RS256);
-            validation.set_issuer(&[&self.inner.issuer]);
-            validation.validate_aud = false;
-            validation.validate_nbf = true;
-            validation.leeway = 30;
-            validation.set_required_spec_claims(&["exp", "nbf", "iss"]);
-            let mut last = None;
-            let mut verified = None;
-            for key in key {
-                match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
-                    Ok(data) => {
-                        verified = Some(data.claims);
-                        break;
-                    }
-                    Err(e) => last = Some(e),
+                .claims;
+            return identity_from(&claims);
+        }
+        // Only RS256: `alg: none` does not parse, and an HS256 token (say,
+        // "signed" with the public key's PEM as the secret) fails here.
+        if header.alg != Algorithm::RS256 {
+            return Err(TokenError::Invalid(
+                jsonwebtoken::errors::ErrorKind::InvalidAlgorithm.into(),
+            ));
+        }
+        let policy = &self.inner.policy;
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.set_issuer(&[&policy.issuer]);
+        validation.validate_nbf = true;
+        validation.leeway = 30;
+        match &policy.audience {
+            Some(aud) => {
+                validation.set_audience(&[aud]);
+                validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud"]);
+            }
+            None => {
+                validation.validate_aud = false;
+                validation.set_required_spec_claims(&["exp", "nbf", "iss"]);
+            }
+        }
+        let keys = self.key_for(header.kid.as_deref()).await?;
+        let mut last = None;
+        let mut verified = None;
+        for key in keys {
+            match jsonwebtoken::decode::<Claims>(token, &key, &validation) {
+                Ok(data) => {
+                    verified = Some(data.claims);
+                    break;
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        let claims = match (verified, last) {
+            (Some(claims), _) => claims,
+            (None, Some(e)) => return Err(TokenError::Invalid(e)),
+            (None, None) => return Err(TokenError::UnknownKey { kid: header.kid }),
+        };
+        let identity = identity_from(&claims)?;
+        let owner = claims.repository_owner.as_deref();
+        if !policy.allow.allows(identity.repository_id.0, owner) {
+            return Err(TokenError::NotAllowed {
+                repository_id: identity.repository_id.0,
+                owner: owner.map(str::to_owned),
+            });
+        }
+        Ok(identity)
+    }
+
+    /// The candidate keys for `kid`. An unknown `kid` waits for the fetch
+    /// under way, or starts one if none started in the last
+    /// `refresh_min`, or else is answered at once with no keys.
+    async fn key_for(&self, kid: Option<&str>) -> Result<Vec<DecodingKey>, TokenError> {
+        let fetch = {
+            let mut state = self.inner.state.lock().expect("token key state lock");
+            let known = match kid {
+                Some(kid) => state.keys.by_kid.contains_key(kid),
+                None => !state.keys.anonymous.is_empty() || !state.keys.by_kid.is_empty(),
+            };
+            if known {
+                return Ok(state.keys.candidates(kid));
+            }
+            match &state.in_flight {
+                Some(fetch) => fetch.clone(),
+                None if state
+                    .last_attempt
+                    .is_some_and(|at| at.elapsed() < self.inner.policy.refresh_min) =>
+                {
+                    return Ok(state.keys.candidates(kid));
+                }
+                None => {
+                    state.last_attempt = Some(Instant::now());
+                    let fetch = self.start_fetch();
+                    state.in_flight = Some(fetch.clone());
+                    fetch
                 }
             }
-            match (verified, last) {
-                (Some(claims), _) => claims,
-                (None, Some(e)) => return Err(TokenError::Invalid(e)),
-                (None, None) => return Err(TokenError::UnknownKey { kid: header.kid }),
+        };
+        match fetch.await {
+            Ok(keys) => Ok(keys.candidates(kid)),
+            Err(message) => {
+                Err(TokenError::Jwks { url: self.inner.policy.jwks_url.clone(), message })
             }
-        };
-        identity_from(&claims)
-    }
-
-    /// The candidate keys for `kid`, refetching the JWKS once if it is unknown.
-    async fn key_for(&self, kid: Option<&str>) -> Result<Vec<DecodingKey>, TokenError> {
-        let mut keys = self.inner.keys.lock().await;
-        let stale = keys.fetched_at.is_none_or(|at| at.elapsed() >= JWKS_REFRESH_MIN);
-        let known = match kid {
-            Some(kid) => keys.by_kid.contains_key(kid),
-            None => !keys.anonymous.is_empty() || !keys.by_kid.is_empty(),
-        };
-        if !known && stale {
-            *keys = self.fetch().await?;
         }
-        Ok(match kid {
-            Some(kid) => keys.by_kid.get(kid).cloned().into_iter().collect(),
-            None => keys.anonymous.iter().chain(keys.by_kid.values()).cloned().collect(),
-        })
     }
 
-    async fn fetch(&self) -> Result<Keys, TokenError> {
-        let url = &self.inner.jwks_url;
-        let jwks_err = |source| TokenError::Jwks { url: url.clone(), source };
+    /// Starts a fetch in its own task (so it completes, and installs its
+    /// keys, even if every request waiting for it goes away).
+    fn start_fetch(&self) -> Shared<BoxFuture<'static, FetchResult>> {
+        let this = self.clone();
+        let task = tokio::spawn(async move {
+            let result = match this.fetch().await {
+                Ok(keys) => Ok(Arc::new(keys)),
+                Err(e) => Err(hangar_types::ErrorChain(&e).to_string()),
+            };
+            {
+                let mut state = this.inner.state.lock().expect("token key state lock");
+                state.in_flight = None;
+                if let Ok(keys) = &result {
+                    state.keys = keys.clone();
+                }
+            }
+            if let Err(message) = &result {
+                tracing::warn!(
+                    error = message.as_str(),
+                    "cache: fetching the token issuer's keys failed"
+                );
+            }
+            result
+        });
+        async move { task.await.unwrap_or_else(|e| Err(format!("the key fetch task failed: {e}"))) }
+            .boxed()
+            .shared()
+    }
+
+    async fn fetch(&self) -> Result<Keys, reqwest::Error> {
+        let url = &self.inner.policy.jwks_url;
         let set: JwkSet = self
             .inner
             .http
             .get(url)
             .send()
             .await
-            .and_then(reqwest::Response::error_for_status)
-            .map_err(jwks_err)?
+            .and_then(reqwest::Response::error_for_status)?
             .json()
-            .await
-            .map_err(jwks_err)?;
-        let mut keys = Keys { fetched_at: Some(Instant::now()), ..Keys::default() };
+            .await?;
+        let mut keys = Keys::default();
         for jwk in &set.keys {
             let Ok(key) = DecodingKey::from_jwk(jwk) else {
                 tracing::warn!(kid = ?jwk.common.key_id, "cache: skipping an unusable JWKS key");
@@ -269,7 +440,7 @@ mod tests {
     use super::*;
 
     fn claims(repo: serde_json::Value, ac: serde_json::Value) -> Claims {
-        Claims { repository_id: Some(repo), ac: Some(ac) }
+        Claims { repository_id: Some(repo), repository_owner: None, ac: Some(ac) }
     }
 
     #[test]
@@ -292,8 +463,31 @@ mod tests {
     fn malformed_claims_are_refused() {
         let ac: serde_json::Value = "[]".into();
         assert!(identity_from(&claims("x".into(), ac.clone())).is_err());
-        assert!(identity_from(&Claims { repository_id: Some(1.into()), ac: None }).is_err());
+        assert!(
+            identity_from(&Claims {
+                repository_id: Some(1.into()),
+                repository_owner: None,
+                ac: None
+            })
+            .is_err()
+        );
         assert!(identity_from(&claims(1.into(), "not json".into())).is_err());
         assert!(identity_from(&claims(1.into(), ac)).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod allow_tests {
+    use super::AllowList;
+
+    #[test]
+    fn owners_compare_case_insensitively_and_ids_exactly() {
+        let allow = AllowList::new(&["My-Org".into()], &[42]);
+        assert!(allow.allows(1, Some("my-org")));
+        assert!(allow.allows(42, Some("someone-else")));
+        assert!(allow.allows(42, None));
+        assert!(!allow.allows(1, Some("my-org-evil")));
+        assert!(!allow.allows(1, None));
+        assert!(!AllowList::default().allows(1, Some("my-org")));
     }
 }

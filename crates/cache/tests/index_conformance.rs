@@ -31,6 +31,25 @@ async fn suite(index: Arc<dyn CacheIndex>) {
         NewCacheEntry { version: "v2".into(), ..new(1, "refs/heads/main", "deps-linux-1", 104) };
     index.entry_reserve(&other_version).await.unwrap();
 
+    // Unfinished bytes: counted per entry while uploading, summed per
+    // repository and in all, never below 0.
+    let open = index.entry_reserve(&new(3, "refs/heads/main", "partial", 105)).await.unwrap();
+    let other = index.entry_reserve(&new(4, "refs/heads/main", "partial", 106)).await.unwrap();
+    index.entry_add_uploaded(open.id, 500).await.unwrap();
+    index.entry_add_uploaded(open.id, -200).await.unwrap();
+    index.entry_add_uploaded(other.id, 70).await.unwrap();
+    assert_eq!(index.entry_get(open.id).await.unwrap().unwrap().size, 300);
+    assert_eq!(index.uploading_bytes(Some(RepositoryId(3))).await.unwrap(), 300);
+    assert_eq!(index.uploading_bytes(None).await.unwrap(), 370);
+    index.entry_add_uploaded(other.id, -1000).await.unwrap();
+    assert_eq!(index.uploading_bytes(Some(RepositoryId(4))).await.unwrap(), 0);
+    assert!(index.entry_commit(open.id, 300, "3/x/blob\t300\n", 107).await.unwrap());
+    index.entry_add_uploaded(open.id, 5).await.unwrap();
+    assert_eq!(index.entry_get(open.id).await.unwrap().unwrap().size, 300, "ready: unchanged");
+    assert_eq!(index.uploading_bytes(None).await.unwrap(), 0, "ready bytes are not unfinished");
+    index.entry_delete(open.id).await.unwrap();
+    index.entry_delete(other.id).await.unwrap();
+
     // Uploading entries are never found by prefix.
     let none =
         index.entry_find_prefix(RepositoryId(1), "refs/heads/main", "deps", "v1").await.unwrap();

@@ -48,8 +48,9 @@ use hangar_provider::{Health, Instance, InstanceState, Provider, ProviderError, 
 use hangar_types::{RunnerId, Timestamp};
 use serde::Deserialize;
 
-/// The `[pools.provider.process]` section of a process pool.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+/// The `[pools.provider.process]` section of a process pool. `Debug` shows
+/// the names in `env`, never their values (a proxy URL may hold a password).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProcessConfig {
     /// The runner program (`run.sh`, or `hangar-standin-runner`).
@@ -64,6 +65,17 @@ pub struct ProcessConfig {
     /// (a proxy, say).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for ProcessConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProcessConfig")
+            .field("command", &self.command)
+            .field("args", &self.args)
+            .field("work_root", &self.work_root)
+            .field("env", &self.env.keys().map(|k| format!("{k}=***")).collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// See the module docs. One value per pool.

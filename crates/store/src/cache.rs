@@ -65,7 +65,8 @@ pub struct CacheEntry {
     pub version: String,
     pub blob_prefix: String,
     pub state: CacheEntryState,
-    /// Bytes; 0 until committed.
+    /// Bytes: while `Uploading`, the bytes received so far (counted towards
+    /// the caps); once `Ready`, the committed size.
     pub size: u64,
     /// The blob's parts in order, `key<TAB>size` per line; empty until committed.
     pub manifest: String,
@@ -197,6 +198,56 @@ impl Store {
         .await
         .map_err(StoreError::query("committing a cache entry"))?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Adds `delta` (negative when a retried part replaced a larger one) to
+    /// the bytes an `Uploading` entry has received, never going below 0.
+    /// Nothing changes for a `Ready` or missing entry.
+    pub async fn cache_entry_add_uploaded(
+        &self,
+        id: CacheEntryId,
+        delta: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE cache_entries SET \
+             size = CASE WHEN size + $1 < 0 THEN 0 ELSE size + $1 END \
+             WHERE id = $2 AND state = $3",
+        )
+        .bind(delta)
+        .bind(id.0)
+        .bind(CacheEntryState::Uploading.as_str())
+        .execute(self.pool())
+        .await
+        .map_err(StoreError::query("counting uploaded cache bytes"))?;
+        Ok(())
+    }
+
+    /// Bytes received by entries still `Uploading` (of one repository if given).
+    pub async fn cache_uploading_bytes(
+        &self,
+        repository_id: Option<RepositoryId>,
+    ) -> Result<u64, StoreError> {
+        let op = "summing unfinished cache uploads";
+        let sum = "SELECT CAST(COALESCE(SUM(size), 0) AS BIGINT) AS bytes FROM cache_entries \
+                   WHERE state = $1";
+        let row = match repository_id {
+            Some(repo) => {
+                let sql = format!("{sum} AND repository_id = $2");
+                sqlx::query(&sql)
+                    .bind(CacheEntryState::Uploading.as_str())
+                    .bind(repo.0)
+                    .fetch_one(self.pool())
+                    .await
+            }
+            None => {
+                sqlx::query(sum)
+                    .bind(CacheEntryState::Uploading.as_str())
+                    .fetch_one(self.pool())
+                    .await
+            }
+        }
+        .map_err(StoreError::query(op))?;
+        Ok(u(row.try_get("bytes").map_err(StoreError::query(op))?))
     }
 
     /// The entry with exactly this identity, in any state.

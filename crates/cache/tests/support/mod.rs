@@ -18,6 +18,8 @@ use rsa::traits::PublicKeyParts;
 use sha2::{Digest, Sha256};
 
 pub const KID: &str = "hangar-test-key";
+/// The owner every test token names, and the one test servers allow.
+pub const OWNER: &str = "hangar-test-org";
 pub const MAIN: &str = "refs/heads/main";
 pub const FEATURE: &str = "refs/heads/feature";
 
@@ -37,15 +39,44 @@ pub struct Issuer {
     _task: tokio::task::JoinHandle<()>,
 }
 
+/// The test key's JWKS (one RS256 key, `kid` [`KID`]).
+pub fn jwks() -> serde_json::Value {
+    let (key, _) = rsa_key();
+    let public = key.to_public_key();
+    serde_json::json!({ "keys": [{
+        "kty": "RSA", "alg": "RS256", "use": "sig", "kid": KID,
+        "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
+        "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
+    }]})
+}
+
+/// The test key's public half, PEM (for algorithm-confusion tokens).
+pub fn public_pem() -> String {
+    use rsa::pkcs8::EncodePublicKey;
+    rsa_key().0.to_public_key().to_public_key_pem(rsa::pkcs8::LineEnding::LF).expect("PEM")
+}
+
+/// `claims` signed RS256 with the test key, under header `kid`.
+pub fn sign(kid: Option<&str>, claims: &serde_json::Value) -> String {
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    header.kid = kid.map(str::to_owned);
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(rsa_key().1.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, claims, &key).unwrap()
+}
+
+/// Good claims for `repo` of `owner`, issued by `iss`, reading and writing main.
+pub fn claims(iss: &str, repo: i64, owner: &str) -> serde_json::Value {
+    let now = unix_now();
+    serde_json::json!({
+        "iss": iss, "nbf": now - 60, "exp": now + 3600, "iat": now - 60,
+        "repository_id": repo.to_string(), "repository_owner": owner,
+        "ac": serde_json::json!([{ "Scope": MAIN, "Permission": 3 }]).to_string(),
+    })
+}
+
 impl Issuer {
     pub async fn start() -> Issuer {
-        let (key, _) = rsa_key();
-        let public = key.to_public_key();
-        let jwks = serde_json::json!({ "keys": [{
-            "kty": "RSA", "alg": "RS256", "use": "sig", "kid": KID,
-            "n": URL_SAFE_NO_PAD.encode(public.n().to_bytes_be()),
-            "e": URL_SAFE_NO_PAD.encode(public.e().to_bytes_be()),
-        }]});
+        let jwks = jwks();
         let app = axum::Router::new()
             .route("/jwks", axum::routing::get(move || async move { axum::Json(jwks) }));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -78,13 +109,10 @@ impl Issuer {
             .collect();
         let claims = serde_json::json!({
             "iss": iss, "nbf": nbf, "exp": exp, "iat": nbf,
-            "repository_id": repo.to_string(),
+            "repository_id": repo.to_string(), "repository_owner": OWNER,
             "ac": serde_json::Value::Array(ac).to_string(),
         });
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
-        header.kid = Some(KID.to_owned());
-        let key = jsonwebtoken::EncodingKey::from_rsa_pem(rsa_key().1.as_bytes()).unwrap();
-        jsonwebtoken::encode(&header, &claims, &key).unwrap()
+        sign(Some(KID), &claims)
     }
 
     /// A token for `repo` that reads and writes `own` and reads `main`.
@@ -120,13 +148,26 @@ impl Server {
         storage: Option<String>,
         clock: Arc<dyn Clock>,
     ) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let config = CacheConfig {
-            storage,
-            token_issuer: issuer.url.clone(),
-            token_jwks_url: issuer.jwks_url.clone(),
+        let config = CacheConfig { storage, ..Self::config(&issuer.url, &issuer.jwks_url) };
+        Self::start_config(config, index, clock).await
+    }
+
+    /// The config test servers use: this issuer, [`OWNER`] allowed.
+    pub fn config(issuer: &str, jwks_url: &str) -> CacheConfig {
+        CacheConfig {
+            token_issuer: issuer.to_owned(),
+            token_jwks_url: jwks_url.to_owned(),
+            allowed_owners: vec![OWNER.to_owned()],
             ..CacheConfig::default()
-        };
+        }
+    }
+
+    pub async fn start_config(
+        config: CacheConfig,
+        index: Arc<dyn CacheIndex>,
+        clock: Arc<dyn Clock>,
+    ) -> Server {
+        let dir = tempfile::tempdir().unwrap();
         let service = CacheService::new(&config, dir.path(), index, clock).unwrap();
         let app = hangar_cache::router(service.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -123,7 +123,8 @@ pub struct Overrides {
 pub struct Resolved {
     pub source: Source,
     /// The file's sections as written (the cache and server sections are
-    /// read from here).
+    /// read from here), except that an empty `[cache] allowed_owners` (with
+    /// no `allowed_repository_ids`) holds the runner scope's owner.
     pub file: HangarConfig,
     pub listen: SocketAddr,
     pub data_dir: PathBuf,
@@ -221,7 +222,7 @@ fn renamed_hint(message: &str) -> String {
 fn resolve(
     source: Source,
     text: &str,
-    file: HangarConfig,
+    mut file: HangarConfig,
     env: Env<'_>,
     overrides: Overrides,
 ) -> Result<Resolved, ConfigError> {
@@ -252,7 +253,7 @@ fn resolve(
         secret(&invalid, "server.api_token", ENV_API_TOKEN, env, &file.server.api_token)?;
     let webhook_secret =
         secret(&invalid, "webhook.secret", ENV_WEBHOOK_SECRET, env, &file.webhook.secret)?;
-    if let Err(e) = file.cache.settings() {
+    if let Err(e) = file.cache.settings().and_then(|_| file.cache.check_listener(listen)) {
         return Err(invalid(&format!("cache.{}", e.key), format!("expected {}", e.expected)));
     }
     let mut scheduler = file.scheduler.clone();
@@ -263,6 +264,17 @@ fn resolve(
             Some(hangar_github::RunnerScope::try_from(scope).map_err(|message| {
                 invalid("scheduler.runner_scope", format!("{ENV_RUNNER_SCOPE}: {message}"))
             })?);
+    }
+    // The cache accepts tokens of the runner scope's owner unless told otherwise.
+    if file.cache.allowed_owners.is_empty()
+        && file.cache.allowed_repository_ids.is_empty()
+        && let Some(scope) = &scheduler.runner_scope
+    {
+        let owner = match scope {
+            hangar_github::RunnerScope::Organization(org) => org,
+            hangar_github::RunnerScope::Repository { owner, .. } => owner,
+        };
+        file.cache.allowed_owners = vec![owner.clone()];
     }
     let github =
         file.github.client_config(|var| env(var)).map_err(|e| invalid(e.key, e.message.clone()))?;

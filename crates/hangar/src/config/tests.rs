@@ -182,12 +182,48 @@ fn debug_output_holds_no_secret() {
     const CANARY: &str = "canary-5ecret-0123456789";
     let text = format!(
         "[server]\napi_token = \"{CANARY}-api\"\n[webhook]\nsecret = \"{CANARY}-hook\"\n\
-         [github]\ntoken = \"{CANARY}-pat\"\n[store]\nurl = \"postgres://u:{CANARY}-db@localhost/h\"\n"
+         [github]\ntoken = \"{CANARY}-pat\"\n[store]\nurl = \"postgres://u:{CANARY}-db@localhost/h\"\n\
+         [cache]\nurl_signing_key = \"{CANARY}-sign\"\n"
     );
-    let resolved = check(&text).expect("valid");
+    let pool = format!(
+        "[scheduler]\nrunner_scope = \"o\"\n[[pools]]\nname = \"p\"\nlabels = []\nmax_runners = 1\n\
+         [pools.provider.process]\ncommand = \"/bin/true\"\nenv = {{ HTTPS_PROXY = \"http://u:{CANARY}@proxy\" }}\n"
+    );
+    let resolved = check(&(text + &pool)).expect("valid");
     let debug = format!("{resolved:?} {:?}", resolved.file);
+    assert!(debug.contains("HTTPS_PROXY=***"), "{debug}");
     assert!(!debug.contains(CANARY), "{debug}");
     let from_env =
         check_env("", &[(ENV_WEBHOOK_SECRET, CANARY), (ENV_API_TOKEN, CANARY)]).expect("valid");
     assert!(!format!("{from_env:?}").contains(CANARY));
+}
+
+#[test]
+fn skipping_cache_token_verification_is_refused_off_loopback() {
+    let insecure = "[cache]\ninsecure_skip_token_verification = true\n";
+    check(insecure).expect("valid on the default loopback listener");
+    for listen in ["0.0.0.0:8080", "10.0.0.1:8080", "[::]:8080"] {
+        let error = check(&format!("[server]\nlisten = \"{listen}\"\n{insecure}")).unwrap_err();
+        assert!(error.contains("key `cache.insecure_skip_token_verification`"), "{error}");
+        assert!(error.contains("non-loopback"), "{error}");
+    }
+    check(&format!("[server]\nlisten = \"[::1]:8080\"\n{insecure}")).expect("IPv6 loopback");
+    let off = "[server]\nlisten = \"0.0.0.0:8080\"\n[cache]\nenabled = false\n\
+               insecure_skip_token_verification = true\n";
+    check(off).expect("valid: the cache is off");
+}
+
+#[test]
+fn the_cache_allow_list_defaults_to_the_runner_scope_owner() {
+    let org = check_env("", &[(ENV_RUNNER_SCOPE, "octo-org")]).expect("valid");
+    assert_eq!(org.file.cache.allowed_owners, ["octo-org"]);
+    let repo = check("[scheduler]\nrunner_scope = \"octo-user/app\"\n").expect("valid");
+    assert_eq!(repo.file.cache.allowed_owners, ["octo-user"]);
+    let explicit =
+        "[scheduler]\nrunner_scope = \"octo-org\"\n[cache]\nallowed_repository_ids = [7]\n";
+    let explicit = check(explicit).expect("valid");
+    assert!(explicit.file.cache.allowed_owners.is_empty(), "an explicit list stands alone");
+    assert!(check("").expect("valid").file.cache.allowed_owners.is_empty());
+    let error = check("[cache]\nallowed_owners = [\"a b\"]\n").unwrap_err();
+    assert!(error.contains("key `cache.allowed_owners`"), "{error}");
 }
