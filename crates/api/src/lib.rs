@@ -159,8 +159,16 @@ pub struct Client {
 }
 
 impl Client {
-    /// `base` is the server's root URL, e.g. `http://127.0.0.1:8080`.
+    /// `base` is the admin listener's root URL, e.g. `http://127.0.0.1:8081`,
+    /// or `unix:/run/hangar/admin.sock` for a unix socket.
     pub fn new(base: &str, token: Option<String>) -> Client {
+        if let Some(path) = base.strip_prefix("unix:") {
+            let http = reqwest::Client::builder()
+                .unix_socket(path)
+                .build()
+                .expect("an HTTP client builds (as reqwest::Client::new)");
+            return Client { base: "http://localhost".to_owned(), token, http };
+        }
         Client { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
     }
 

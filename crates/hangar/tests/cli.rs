@@ -16,13 +16,23 @@ fn hangar() -> Command {
 
 struct Serve {
     child: Child,
+    /// The public listener.
     url: String,
+    /// The admin listener (what `hangar jobs` talks to).
+    admin: String,
 }
 
 impl Serve {
     fn start(data_dir: &Path) -> Serve {
         let mut child = hangar()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("HANGAR_WEBHOOK_SECRET", SECRET)
             .env_remove("HANGAR_CONFIG")
@@ -32,16 +42,21 @@ impl Serve {
             .stderr(Stdio::null())
             .spawn()
             .expect("start hangar serve");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first_line)
-            .expect("read the first line");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut first_line, mut second_line) = (String::new(), String::new());
+        stdout.read_line(&mut first_line).expect("read the first line");
+        stdout.read_line(&mut second_line).expect("read the second line");
         let url = first_line
             .trim()
             .strip_prefix("hangar listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
             .to_owned();
-        Serve { child, url }
+        let admin = second_line
+            .trim()
+            .strip_prefix("hangar admin on ")
+            .unwrap_or_else(|| panic!("unexpected second line {second_line:?}"))
+            .to_owned();
+        Serve { child, url, admin }
     }
 
     /// SIGTERM, then wait: the graceful path.
@@ -109,27 +124,29 @@ async fn serve_records_jobs_and_keeps_them_across_a_restart() {
         200
     );
 
-    let (ok, table) = run(&["jobs"], &serve.url);
+    let (ok, table) = run(&["jobs"], &serve.admin);
     assert!(ok, "{table}");
+    let (ok, public) = run(&["jobs"], &serve.url);
+    assert!(!ok && public.contains("404"), "the public listener has no admin API: {public}");
     assert!(table.contains("14541957942") && table.contains("in_progress"), "{table}");
-    let (ok, json) = run(&["jobs", "--json", "--state", "in_progress"], &serve.url);
+    let (ok, json) = run(&["jobs", "--json", "--state", "in_progress"], &serve.admin);
     assert!(ok, "{json}");
     let page: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 1);
 
     serve.stop();
     let serve = Serve::start(dir.path());
-    let (ok, detail) = run(&["job", "14541957942"], &serve.url);
+    let (ok, detail) = run(&["job", "14541957942"], &serve.admin);
     assert!(ok, "{detail}");
     assert!(detail.contains("Do examples need to be regenerated?"), "{detail}");
     assert!(detail.contains("in_progress") && detail.contains(" b "), "{detail}");
-    let (ok, missing) = run(&["job", "1"], &serve.url);
+    let (ok, missing) = run(&["job", "1"], &serve.admin);
     assert!(!ok && missing.contains("404"), "{missing}");
     assert_eq!(
         deliver(&serve.url, "b", "workflow_job/in_progress.with-queued-steps.payload.json").await,
         200
     );
-    let (_, json) = run(&["jobs", "--json"], &serve.url);
+    let (_, json) = run(&["jobs", "--json"], &serve.admin);
     let page: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 2);
 }
@@ -195,7 +212,7 @@ fn serve_startup_log(dir: &Path, config: &str, env: &[(&str, &str)]) -> String {
     let log = dir.join("serve.log");
     let mut command = hangar();
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
         .arg(&file)
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -212,7 +229,7 @@ fn serve_startup_log(dir: &Path, config: &str, env: &[(&str, &str)]) -> String {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut first_line)
         .expect("read the first line");
-    let serve = Serve { child, url: first_line };
+    let serve = Serve { child, url: first_line, admin: String::new() };
     serve.stop();
     std::fs::read_to_string(&log).expect("log")
 }

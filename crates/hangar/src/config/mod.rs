@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use hangar_github::ClientConfig;
 use hangar_scheduler::{PoolConfig, SchedulerConfig};
+use hangar_server::ListenAddr;
 use serde::Deserialize;
 
 pub use provider::{AutoSettings, PROVIDER_KINDS, ProviderConfig};
@@ -63,6 +64,7 @@ pub const ENV_DATABASE_URL: &str = "HANGAR_DATABASE_URL";
 pub const ENV_RUNNER_SCOPE: &str = "HANGAR_RUNNER_SCOPE";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub use hangar_server::DEFAULT_ADMIN_LISTEN;
 
 /// What a config error is about: a file, or the built-in defaults (with
 /// the environment) when there is none.
@@ -113,6 +115,7 @@ pub fn process_env(name: &str) -> Option<String> {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<hangar_server::ListenAddr>,
     pub data_dir: Option<PathBuf>,
 }
 
@@ -124,7 +127,10 @@ pub struct Resolved {
     /// The file's sections as written (the cache and server sections are
     /// read from here).
     pub file: HangarConfig,
+    /// The public listener: webhooks, health, cache.
     pub listen: SocketAddr,
+    /// The admin listener: the admin API and metrics.
+    pub admin_listen: hangar_server::ListenAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub webhook_secret: Option<String>,
@@ -233,6 +239,10 @@ fn resolve(
         .listen
         .or(file.server.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
+    let admin_listen = overrides
+        .admin_listen
+        .or_else(|| file.server.admin_listen.clone())
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("the default admin address parses"));
     let data_dir = overrides
         .data_dir
         .or_else(|| file.server.data_dir.clone())
@@ -249,6 +259,24 @@ fn resolve(
             "server.api_token",
             "expected a token of at least 16 characters".into(),
         ));
+    }
+    if !admin_listen.is_local() && api_token.is_none() {
+        return Err(invalid(
+            "server.admin_listen",
+            format!(
+                "expected a loopback address or `unix:/PATH` (it serves the admin API and \
+                 metrics), or an api_token ({ENV_API_TOKEN}) to guard them; not {admin_listen}"
+            ),
+        ));
+    }
+    if ListenAddr::Tcp(listen) == admin_listen && listen.port() != 0 {
+        return Err(invalid(
+            "server.admin_listen",
+            format!("expected an address other than server.listen ({listen})"),
+        ));
+    }
+    if let Err(e) = file.server.limits.validate() {
+        return Err(invalid(&format!("server.limits.{}", e.key), e.expected.to_owned()));
     }
     if file.webhook.secret.as_deref().is_some_and(str::is_empty) {
         return Err(invalid("webhook.secret", "expected a non-empty secret".into()));
@@ -285,6 +313,7 @@ fn resolve(
         source,
         file,
         listen,
+        admin_listen,
         data_dir,
         database_url,
         webhook_secret,
