@@ -156,6 +156,7 @@ async fn unique_event_names_from_unsigned_posts_add_no_series() {
     };
     let metrics_url = format!("http://{}/metrics", server.admin);
     let before = http.get(&metrics_url).send().await.expect("get").text().await.expect("text");
+    let rss_before = vm_rss_bytes();
     let mut senders = tokio::task::JoinSet::new();
     for worker in 0..8 {
         let (http, url) = (http.clone(), format!("http://{}/webhook", server.public));
@@ -181,6 +182,12 @@ async fn unique_event_names_from_unsigned_posts_add_no_series() {
     let after = http.get(&metrics_url).send().await.expect("get").text().await.expect("text");
     assert!(!after.contains("evil-"), "a header became a label");
     let added = series(&after).saturating_sub(series(&before));
+    eprintln!(
+        "10,000 unique event names: {added} new series, {} series in all; RSS {} -> {} MiB",
+        series(&after),
+        rss_before >> 20,
+        vm_rss_bytes() >> 20
+    );
     assert!(added <= 5, "{added} new series:\n{after}");
     server.stop().await;
 }
@@ -322,6 +329,7 @@ async fn a_slow_body_times_out() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_thousand_stalled_connections_are_closed_while_health_answers() {
     let server = Server::start(None, Limits::default()).await;
+    let baseline = vm_rss_bytes();
     let started = Instant::now();
     let mut stalled = Vec::with_capacity(2000);
     for n in 0..2000 {
@@ -331,6 +339,7 @@ async fn two_thousand_stalled_connections_are_closed_while_health_answers() {
         }
         stalled.push(stream);
     }
+    let held = vm_rss_bytes();
     let closers: Vec<_> = stalled
         .into_iter()
         .map(|mut stream| {
@@ -362,8 +371,11 @@ async fn two_thousand_stalled_connections_are_closed_while_health_answers() {
         last = last.max(closer.await.expect("closer"));
     }
     eprintln!(
-        "2,000 stalled connections closed after {:.1} s; /healthz answered {probes} probes",
-        (last - started).as_secs_f64()
+        "2,000 stalled connections closed after {:.1} s; /healthz answered {probes} probes; \
+         RSS {} MiB before, {} MiB with them open",
+        (last - started).as_secs_f64(),
+        baseline >> 20,
+        held >> 20
     );
     assert!(last - started < Duration::from_secs(30));
     server.stop().await;
