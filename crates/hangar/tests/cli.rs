@@ -24,15 +24,12 @@ struct Serve {
 
 impl Serve {
     fn start(data_dir: &Path) -> Serve {
+        Serve::start_with_admin(data_dir, "127.0.0.1:0")
+    }
+
+    fn start_with_admin(data_dir: &Path, admin: &str) -> Serve {
         let mut child = hangar()
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--admin-listen",
-                "127.0.0.1:0",
-                "--data-dir",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", admin, "--data-dir"])
             .arg(data_dir)
             .env("HANGAR_WEBHOOK_SECRET", SECRET)
             .env_remove("HANGAR_CONFIG")
@@ -149,6 +146,29 @@ async fn serve_records_jobs_and_keeps_them_across_a_restart() {
     let (_, json) = run(&["jobs", "--json"], &serve.admin);
     let page: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 2);
+}
+
+/// The admin listener on a unix socket (0600): `hangar jobs --url unix:PATH`
+/// reads the API through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_can_be_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("admin.sock");
+    let admin = format!("unix:{}", socket.display());
+    let serve = Serve::start_with_admin(dir.path(), &admin);
+    assert_eq!(serve.admin, admin);
+    let mode = std::fs::metadata(&socket).expect("the socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert_eq!(
+        deliver(&serve.url, "u", "workflow_job/queued.with-deployment.payload.json").await,
+        200
+    );
+    let (ok, table) = run(&["jobs"], &serve.admin);
+    assert!(ok && table.contains("12877621891"), "{table}");
+    assert!(table.contains(&admin), "the listing names the socket: {table}");
+    serve.stop();
+    assert!(!socket.exists(), "the socket is removed on stop");
 }
 
 #[test]
