@@ -323,6 +323,7 @@ impl Server {
             .arg(config)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
+            .args(["--admin-listen", "127.0.0.1:0"])
             .arg("--data-dir")
             .arg(data)
             .env("RUST_LOG", "warn")

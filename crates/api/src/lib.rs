@@ -153,17 +153,31 @@ pub enum ClientError {
 /// A typed client of the admin API.
 #[derive(Debug, Clone)]
 pub struct Client {
+    /// What the user gave (`http://…` or `unix:PATH`), for messages.
     base: String,
+    /// Where requests go (`http://localhost` over a unix socket).
+    root: String,
     token: Option<String>,
     http: reqwest::Client,
 }
 
 impl Client {
-    /// `base` is the server's root URL, e.g. `http://127.0.0.1:8080`.
+    /// `base` is the admin listener's root URL, e.g. `http://127.0.0.1:8081`,
+    /// or `unix:/run/hangar/admin.sock` for a unix socket.
     pub fn new(base: &str, token: Option<String>) -> Client {
-        Client { base: base.trim_end_matches('/').to_owned(), token, http: reqwest::Client::new() }
+        if let Some(path) = base.strip_prefix("unix:") {
+            let http = reqwest::Client::builder()
+                .unix_socket(path)
+                .build()
+                .expect("an HTTP client builds (as reqwest::Client::new)");
+            let (base, root) = (base.to_owned(), "http://localhost".to_owned());
+            return Client { base, root, token, http };
+        }
+        let base = base.trim_end_matches('/').to_owned();
+        Client { root: base.clone(), base, token, http: reqwest::Client::new() }
     }
 
+    /// The server as the caller named it.
     pub fn base(&self) -> &str {
         &self.base
     }
@@ -181,7 +195,7 @@ impl Client {
         path: &str,
         query: &Q,
     ) -> Result<T, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.root);
         let mut request = self.http.get(&url).query(query);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);

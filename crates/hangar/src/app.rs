@@ -5,15 +5,17 @@
 //! provider for a pool) and keep the rest of the wiring.
 //!
 //! What it builds, in order: the store; the webhook intake and admin API
-//! (`hangar_server`); when pools run, the GitHub client, one provider per
+//! (`hangar_server`: a public router and an admin router, for two
+//! listeners); when pools run, the GitHub client, one provider per
 //! pool and the runner [`Lifecycle`] (reconciler, recovery, sagas); the
 //! cache server and its eviction schedule. Every background task is owned:
 //! the lifecycle's by the lifecycle, the app's own (eviction, the store's
 //! retention pass) by the app.
 //!
 //! # Stopping
-//! [`App::serve`] stops taking requests when its shutdown future resolves
-//! (in-flight requests finish), then [`App::stop`] goes in order:
+//! [`App::serve`] serves both listeners and stops taking requests on both
+//! when its shutdown future resolves (in-flight requests finish, idle
+//! connections close), then [`App::stop`] goes in order:
 //! 1. the app's own tasks end (eviction between passes, the cache's
 //!    size-cap evictions after saves, retention after its current batch);
 //! 2. the lifecycle stops: no new activation, sagas under way reach their
@@ -32,7 +34,7 @@ use axum::Router;
 use hangar_github::{GitHubApi, RestClient, WebhookSecret};
 use hangar_provider::Provider;
 use hangar_scheduler::{Lifecycle, LifecycleParts, StopReport};
-use hangar_server::{ApiAccess, Problem, ServerState};
+use hangar_server::{Bound, Limits, Problem, ServerState};
 use hangar_store::Store;
 use hangar_types::PoolName;
 use tokio_util::sync::CancellationToken;
@@ -54,7 +56,9 @@ pub struct Parts {
 /// The running system (see the module docs).
 pub struct App {
     store: Store,
-    router: Router,
+    public: Router,
+    admin: Router,
+    limits: Limits,
     lifecycle: Option<Arc<Lifecycle>>,
     providers: HashMap<PoolName, Arc<dyn Provider>>,
     cache: Option<hangar_cache::CacheService>,
@@ -93,12 +97,10 @@ impl App {
                     .context("opening the store")?
             }
         };
-        let access = ApiAccess::new(
-            config.listen.ip().is_loopback(),
-            config.api_token.as_ref().map(hangar_types::Secret::expose),
-        );
         let secret = config.webhook_secret.as_ref().map(|s| WebhookSecret::new(s.expose()));
-        let mut state = ServerState::new(store.clone(), secret, access);
+        let limits = config.file.server.limits.clone();
+        let api_token = config.api_token.as_ref().map(hangar_types::Secret::expose);
+        let mut state = ServerState::new(store.clone(), secret, api_token).with_limits(&limits);
 
         let mut providers = HashMap::new();
         let mut lifecycle = None;
@@ -154,18 +156,30 @@ impl App {
             lifecycle = Some(built);
         }
 
-        let mut router = hangar_server::router(state);
+        let admin = hangar_server::admin_router(state.clone());
+        let mut public = hangar_server::public_router(state);
         let mut cache = None;
         if config.file.cache.enabled {
-            // The cache answers on the same listener, at the paths the clients expect.
+            // The cache answers on the public listener, at the paths the clients expect.
             let service = cache_service(config, &store)?;
-            router = router.merge(hangar_cache::router(service.clone()));
+            public = public.merge(hangar_cache::router(service.clone()));
             cache = Some(service);
         }
         let tasks = TaskTracker::new();
         let cancel = CancellationToken::new();
         let retention = config.file.store.retention;
-        Ok(App { store, router, lifecycle, providers, cache, retention, tasks, cancel })
+        Ok(App {
+            store,
+            public,
+            admin,
+            limits,
+            lifecycle,
+            providers,
+            cache,
+            retention,
+            tasks,
+            cancel,
+        })
     }
 
     /// Starts every background task: the runner lifecycle (reconciler,
@@ -185,9 +199,15 @@ impl App {
         }
     }
 
-    /// Every HTTP route: intake, admin API, health, metrics, cache.
-    pub fn router(&self) -> Router {
-        self.router.clone()
+    /// The public listener's routes: intake, health, cache (and the admin
+    /// routes behind the API token, when one is set).
+    pub fn public_router(&self) -> Router {
+        self.public.clone()
+    }
+
+    /// The admin listener's routes: admin API, metrics, health.
+    pub fn admin_router(&self) -> Router {
+        self.admin.clone()
     }
 
     pub fn store(&self) -> &Store {
@@ -204,17 +224,38 @@ impl App {
         self.providers.get(pool)
     }
 
-    /// Serves [`App::router`] on `listener` until `shutdown` resolves and the
-    /// requests under way have been answered.
+    /// Serves [`App::public_router`] on `public` and [`App::admin_router`]
+    /// on `admin`, with `[server.limits]`, until `shutdown` resolves and the
+    /// requests under way on both have been answered.
     pub async fn serve(
         &self,
-        listener: tokio::net::TcpListener,
+        public: Bound,
+        admin: Bound,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-    ) -> Result<()> {
-        axum::serve(listener, self.router())
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving HTTP")
+    ) {
+        let stop = CancellationToken::new();
+        let stopping = stop.clone();
+        let signal = async move {
+            shutdown.await;
+            stopping.cancel();
+        };
+        tokio::join!(
+            signal,
+            hangar_server::listen::serve(
+                public,
+                "public",
+                self.public_router(),
+                &self.limits,
+                stop.clone().cancelled_owned()
+            ),
+            hangar_server::listen::serve(
+                admin,
+                "admin",
+                self.admin_router(),
+                &self.limits,
+                stop.clone().cancelled_owned()
+            ),
+        );
     }
 
     /// The ordered stop (see the module docs).
@@ -236,6 +277,15 @@ impl App {
         self.store.close().await;
         report
     }
+}
+
+/// An admin listener on a free loopback port, for callers (the demo,
+/// benchmarks, tests) that serve the app in-process and read no admin route.
+pub async fn local_admin_listener() -> Result<Bound> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding a loopback admin listener")?;
+    Ok(Bound::Tcp(listener))
 }
 
 /// The cache service over the app's store, blobs where `[cache] storage`

@@ -11,4 +11,4 @@ pub mod config;
 pub mod metrics;
 pub mod providers;
 
-pub use app::{App, Parts};
+pub use app::{App, Parts, local_admin_listener};

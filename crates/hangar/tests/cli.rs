@@ -16,18 +16,25 @@ fn hangar() -> Command {
 
 struct Serve {
     child: Child,
+    /// The public listener.
     url: String,
+    /// The admin listener (what `hangar jobs` talks to).
+    admin: String,
 }
 
 impl Serve {
     fn start(data_dir: &Path) -> Serve {
-        Serve::start_in(data_dir, data_dir)
+        Serve::start_in(data_dir, data_dir, "127.0.0.1:0")
+    }
+
+    fn start_with_admin(data_dir: &Path, admin: &str) -> Serve {
+        Serve::start_in(data_dir, data_dir, admin)
     }
 
     /// `serve` in `cwd` (where no `hangar.toml` is) on `data_dir`.
-    fn start_in(cwd: &Path, data_dir: &Path) -> Serve {
+    fn start_in(cwd: &Path, data_dir: &Path, admin: &str) -> Serve {
         let mut child = hangar()
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", admin, "--data-dir"])
             .arg(data_dir)
             .env("HANGAR_WEBHOOK_SECRET", SECRET)
             .env_remove("HANGAR_CONFIG")
@@ -37,16 +44,21 @@ impl Serve {
             .stderr(Stdio::null())
             .spawn()
             .expect("start hangar serve");
-        let mut first_line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut first_line)
-            .expect("read the first line");
+        let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        let (mut first_line, mut second_line) = (String::new(), String::new());
+        stdout.read_line(&mut first_line).expect("read the first line");
+        stdout.read_line(&mut second_line).expect("read the second line");
         let url = first_line
             .trim()
             .strip_prefix("hangar listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first_line:?}"))
             .to_owned();
-        Serve { child, url }
+        let admin = second_line
+            .trim()
+            .strip_prefix("hangar admin on ")
+            .unwrap_or_else(|| panic!("unexpected second line {second_line:?}"))
+            .to_owned();
+        Serve { child, url, admin }
     }
 
     /// SIGTERM, then wait: the graceful path.
@@ -114,29 +126,54 @@ async fn serve_records_jobs_and_keeps_them_across_a_restart() {
         200
     );
 
-    let (ok, table) = run(&["jobs"], &serve.url);
+    let (ok, table) = run(&["jobs"], &serve.admin);
     assert!(ok, "{table}");
+    let (ok, public) = run(&["jobs"], &serve.url);
+    assert!(!ok && public.contains("404"), "the public listener has no admin API: {public}");
     assert!(table.contains("14541957942") && table.contains("in_progress"), "{table}");
-    let (ok, json) = run(&["jobs", "--json", "--state", "in_progress"], &serve.url);
+    let (ok, json) = run(&["jobs", "--json", "--state", "in_progress"], &serve.admin);
     assert!(ok, "{json}");
     let page: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 1);
 
     serve.stop();
     let serve = Serve::start(dir.path());
-    let (ok, detail) = run(&["job", "14541957942"], &serve.url);
+    let (ok, detail) = run(&["job", "14541957942"], &serve.admin);
     assert!(ok, "{detail}");
     assert!(detail.contains("Do examples need to be regenerated?"), "{detail}");
     assert!(detail.contains("in_progress") && detail.contains(" b "), "{detail}");
-    let (ok, missing) = run(&["job", "1"], &serve.url);
+    let (ok, missing) = run(&["job", "1"], &serve.admin);
     assert!(!ok && missing.contains("404"), "{missing}");
     assert_eq!(
         deliver(&serve.url, "b", "workflow_job/in_progress.with-queued-steps.payload.json").await,
         200
     );
-    let (_, json) = run(&["jobs", "--json"], &serve.url);
+    let (_, json) = run(&["jobs", "--json"], &serve.admin);
     let page: serde_json::Value = serde_json::from_str(&json).expect("json");
     assert_eq!(page["jobs"].as_array().expect("jobs").len(), 2);
+}
+
+/// The admin listener on a unix socket (0600): `hangar jobs --url unix:PATH`
+/// reads the API through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_listener_can_be_a_unix_socket() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("dir");
+    let socket = dir.path().join("admin.sock");
+    let admin = format!("unix:{}", socket.display());
+    let serve = Serve::start_with_admin(dir.path(), &admin);
+    assert_eq!(serve.admin, admin);
+    let mode = std::fs::metadata(&socket).expect("the socket").permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+    assert_eq!(
+        deliver(&serve.url, "u", "workflow_job/queued.with-deployment.payload.json").await,
+        200
+    );
+    let (ok, table) = run(&["jobs"], &serve.admin);
+    assert!(ok && table.contains("12877621891"), "{table}");
+    assert!(table.contains(&admin), "the listing names the socket: {table}");
+    serve.stop();
+    assert!(!socket.exists(), "the socket is removed on stop");
 }
 
 #[test]
@@ -207,7 +244,7 @@ fn serve_startup_log(dir: &Path, config: &str, env: &[(&str, &str)]) -> String {
     let log = dir.join("serve.log");
     let mut command = hangar();
     command
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
         .arg(&file)
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -224,7 +261,7 @@ fn serve_startup_log(dir: &Path, config: &str, env: &[(&str, &str)]) -> String {
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut first_line)
         .expect("read the first line");
-    let serve = Serve { child, url: first_line };
+    let serve = Serve { child, url: first_line, admin: String::new() };
     serve.stop();
     std::fs::read_to_string(&log).expect("log")
 }
@@ -263,7 +300,7 @@ fn serve_keeps_its_data_private() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("dir");
     let data = dir.path().join("data");
-    let serve = Serve::start_in(dir.path(), &data);
+    let serve = Serve::start_in(dir.path(), &data, "127.0.0.1:0");
     let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
     assert_eq!(mode(&data), 0o700);
     assert_eq!(mode(&data.join("hangar.db")), 0o600);

@@ -124,7 +124,7 @@ fn check_accepts(dir: &Path, file: &Path) -> (bool, String) {
 fn serve_accepts(dir: &Path, file: &Path) -> (bool, String) {
     let log = dir.join("serve.log");
     let mut child = hangar(dir)
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
         .arg(file)
         .arg("--data-dir")
         .arg(dir.join("data"))
@@ -140,8 +140,9 @@ fn serve_accepts(dir: &Path, file: &Path) -> (bool, String) {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
     }
     let status = child.wait().expect("wait");
-    assert!(!listening || status.success(), "serve started, then failed to stop: {status}");
-    (listening, std::fs::read_to_string(&log).unwrap_or_default())
+    let says = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(!listening || status.success(), "serve started, then failed to stop: {status}: {says}");
+    (listening, says)
 }
 
 #[test]

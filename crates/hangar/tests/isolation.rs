@@ -47,7 +47,7 @@ idle_timeout = "2s"
     )
     .expect("config written");
     let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.join("data"))

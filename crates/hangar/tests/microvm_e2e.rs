@@ -181,7 +181,14 @@ network = {{ mode = "nat", subnet = "172.30.0.0/16", dns = "127.0.0.1", allow = 
     .expect("config written");
     let log = dir.path().join("hangar.log");
     let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(["serve", "--listen", &format!("{}:0", netns.host_ip), "--config"])
+        .args([
+            "serve",
+            "--listen",
+            &format!("{}:0", netns.host_ip),
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--config")
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.path().join("data"))

@@ -22,7 +22,7 @@ fn hangar_start_logged(config: &Path, data_dir: &Path, log: Option<&Path>) -> (C
         None => Stdio::null(),
     };
     let mut child = Command::new(env!("CARGO_BIN_EXE_hangar"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--config"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--config"])
         .arg(config)
         .arg("--data-dir")
         .arg(data_dir)

@@ -50,7 +50,7 @@ async fn main() {
         ..SchedulerConfig::default()
     };
     // The system as `hangar serve` builds it, with the fake provider.
-    let overrides = Overrides { listen: None, data_dir: Some(dir.path().to_owned()) };
+    let overrides = Overrides { data_dir: Some(dir.path().to_owned()), ..Overrides::default() };
     let mut resolved =
         hangar::config::load_text("bench.toml", "", &hangar::config::no_env, overrides)
             .expect("an empty config loads");

@@ -1,8 +1,9 @@
 //! Who may use the admin API.
 //!
-//! Bound to loopback, the API is open: only local users can reach it. On
-//! any other address every request needs `Authorization: Bearer <token>`,
-//! and without a configured token the API is closed (403) rather than open.
+//! Decided per router, never by addresses (behind a reverse proxy every
+//! peer is loopback): on the admin listener the API is open unless a token
+//! is configured; on the public listener the admin routes exist only with a
+//! token, and every request must carry `Authorization: Bearer <token>`.
 //! Handlers take an [`Operator`], which only this check can produce.
 
 use axum::extract::FromRequestParts;
@@ -13,35 +14,26 @@ use subtle::ConstantTimeEq;
 
 use crate::{ApiError, ServerState};
 
-/// How the admin API is protected; decided once at startup.
+/// How the admin API is protected on one router.
 #[derive(Clone)]
 pub enum ApiAccess {
-    /// Listening on loopback: no token needed.
-    Loopback,
+    /// The admin listener without a token: reaching it is enough.
+    Open,
     /// A bearer token is required (its SHA-256, compared in constant time).
     Token([u8; 32]),
-    /// Not loopback and no token configured: the API refuses everyone.
-    Closed,
 }
 
 impl std::fmt::Debug for ApiAccess {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
-            ApiAccess::Loopback => "Loopback",
+            ApiAccess::Open => "Open",
             ApiAccess::Token(_) => "Token(***)",
-            ApiAccess::Closed => "Closed",
         })
     }
 }
 
-impl ApiAccess {
-    pub fn new(listen_is_loopback: bool, token: Option<&str>) -> ApiAccess {
-        match (listen_is_loopback, token) {
-            (_, Some(token)) => ApiAccess::Token(Sha256::digest(token.as_bytes()).into()),
-            (true, None) => ApiAccess::Loopback,
-            (false, None) => ApiAccess::Closed,
-        }
-    }
+pub(crate) fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// Proof that the request may use the admin API.
@@ -56,14 +48,7 @@ impl FromRequestParts<ServerState> for Operator {
         state: &ServerState,
     ) -> Result<Operator, ApiError> {
         let expected = match &state.access {
-            ApiAccess::Loopback => return Ok(Operator),
-            ApiAccess::Closed => {
-                return Err(ApiError::Forbidden(
-                    "the admin API is closed: hangar listens beyond loopback and has no api_token \
-                     (set [server] api_token or HANGAR_API_TOKEN)"
-                        .into(),
-                ));
-            }
+            ApiAccess::Open => return Ok(Operator),
             ApiAccess::Token(expected) => expected,
         };
         let presented = parts
@@ -72,7 +57,7 @@ impl FromRequestParts<ServerState> for Operator {
             .and_then(|value| value.to_str().ok())
             .and_then(|value| value.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
-        let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let presented = digest(presented);
         // Equal-length digests compared in constant time leak nothing about the token.
         if bool::from(presented.ct_eq(expected)) {
             Ok(Operator)

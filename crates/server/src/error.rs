@@ -26,6 +26,12 @@ pub enum ApiError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unavailable(String),
+    /// Too many requests under way before authentication: 503, logged at
+    /// debug only (a flood must not flood the log too).
+    #[error("{0}")]
+    Busy(String),
+    #[error("{0}")]
+    Timeout(String),
     #[error("the database is unavailable")]
     Store(#[source] StoreError),
 }
@@ -39,7 +45,10 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::Unavailable(_) | ApiError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unavailable(_) | ApiError::Busy(_) | ApiError::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
         }
     }
 }
@@ -53,7 +62,7 @@ impl From<StoreError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if status.is_server_error() && !matches!(self, ApiError::Busy(_)) {
             tracing::error!(error = %ErrorChain(&self), "Request failed.");
         } else {
             tracing::debug!(error = %ErrorChain(&self), status = status.as_u16(), "Request rejected.");

@@ -15,6 +15,7 @@ use crate::{ApiError, ServerState};
 pub const WEBHOOK_DELIVERIES: &str = "hangar_webhook_deliveries_total";
 pub const WEBHOOK_DURATION_SECONDS: &str = "hangar_webhook_duration_seconds";
 pub const JOBS: &str = "hangar_jobs";
+pub const CONNECTIONS_REFUSED: &str = "hangar_http_connections_refused_total";
 
 pub const ALL: &[Metric] = &[
     Metric {
@@ -22,7 +23,7 @@ pub const ALL: &[Metric] = &[
         kind: MetricKind::Counter,
         unit: MetricUnit::Count,
         labels: &["event", "action", "outcome"],
-        help: "Webhook deliveries and what became of them (`recorded`, `duplicate`, `ignored`, `bad_signature`, `bad_request`, `unsupported_media_type`, `too_large`, `unavailable`); an event other than `workflow_job`/`ping`, or an unknown action, is `other`.",
+        help: "Webhook deliveries and what became of them (`recorded`, `duplicate`, `ignored`, `bad_signature`, `bad_request`, `unsupported_media_type`, `too_large`, `timeout` (the body was too slow), `busy` (too many unverified bodies under way), `unavailable`); an event other than `workflow_job`/`ping`, or an unknown action, is `other`.",
     },
     Metric {
         name: WEBHOOK_DURATION_SECONDS,
@@ -37,6 +38,13 @@ pub const ALL: &[Metric] = &[
         unit: MetricUnit::Count,
         labels: &["state"],
         help: "Jobs per state, read from the store at each scrape: the one count of jobs.",
+    },
+    Metric {
+        name: CONNECTIONS_REFUSED,
+        kind: MetricKind::Counter,
+        unit: MetricUnit::Count,
+        labels: &["listener"],
+        help: "Connections closed at once because the listener (`public`, `admin`) had `[server.limits] max_connections` open.",
     },
 ];
 

@@ -3,22 +3,29 @@
 //! The steps, in this order, each with its own answer:
 //! 1. a configured secret, or 503 (nothing can be verified);
 //! 2. `X-GitHub-Event` and `X-GitHub-Delivery`, or 400;
-//! 3. a body within GitHub's 25 MB, or 413 (checked against
-//!    `Content-Length` first, then while reading);
-//! 4. a matching `X-Hub-Signature-256`, or 401; nothing is parsed before;
-//! 5. JSON or form encoding, or 415; a payload with what we need, or 400;
-//! 6. recorded durably (the store commits before returning), then 2xx.
+//! 3. an `X-Hub-Signature-256` of the right shape (`sha256=` and 64 hex
+//!    digits), or 401, before a byte of the body is read;
+//! 4. an event hangar acts on (`workflow_job`, `ping`), or 202 without
+//!    reading the body;
+//! 5. a body within `[server.limits] webhook_max_body_bytes`, or 413
+//!    (checked against `Content-Length` first, then while reading), read
+//!    within `webhook_body_timeout`, or 408; at most
+//!    `webhook_unverified_bodies` are read at once, one more waits up to a
+//!    second, then gets 503: unauthenticated memory stays bounded;
+//! 6. a matching signature, or 401; nothing is parsed before;
+//! 7. JSON or form encoding, or 415; a payload with what we need, or 400;
+//! 8. recorded durably (the store commits before returning), then 2xx.
 //!
 //! Nothing is stored unless every step passed. A redelivery (same
-//! delivery id) is acknowledged and changes nothing.
+//! delivery id) is acknowledged and changes nothing. The metrics see only
+//! fixed words, never a header's text (`metrics::delivery_counted`).
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::Json;
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use hangar_github::webhook::MAX_PAYLOAD_BYTES;
 use hangar_github::{ContentType, DeliveryHeaders, Event, PayloadError, SignatureError};
 use hangar_store::{DeliveryOutcome, NewDelivery};
 use hangar_types::DeliveryId;
@@ -76,18 +83,30 @@ async fn accept(
     let delivery_id = header(headers, "x-github-delivery")
         .filter(|id| !id.is_empty())
         .ok_or_else(|| ApiError::BadRequest("missing X-GitHub-Delivery header".into()))?;
+    let signature = header(headers, "x-hub-signature-256")
+        .ok_or_else(|| ApiError::Unauthorized(SignatureError::Missing.to_string()))?;
+    if !signature_well_formed(signature) {
+        return Err(ApiError::Unauthorized(SignatureError::Malformed.to_string()));
+    }
+    if !matches!(event, "workflow_job" | "ping") {
+        // Not read, not verified, not stored: nothing to act on.
+        return Ok(ignored(DeliveryId(delivery_id.to_owned()), String::new(), "event"));
+    }
     let delivery_headers = DeliveryHeaders {
         event: event.to_owned(),
         delivery_id: DeliveryId(delivery_id.to_owned()),
-        signature: header(headers, "x-hub-signature-256").map(str::to_owned),
+        signature: Some(signature.to_owned()),
         content_type: ContentType::from_header(header(headers, "content-type")),
     };
-    let body = read_body(headers, body).await?;
-    let verified = secret.verify(delivery_headers, body).map_err(|error| match error {
-        SignatureError::Missing | SignatureError::Malformed | SignatureError::Mismatch => {
-            ApiError::Unauthorized(error.to_string())
-        }
-    })?;
+    let verified = {
+        let _unverified = unverified_permit(state).await?;
+        let body = read_body(state, headers, body).await?;
+        secret.verify(delivery_headers, body).map_err(|error| match error {
+            SignatureError::Missing | SignatureError::Malformed | SignatureError::Mismatch => {
+                ApiError::Unauthorized(error.to_string())
+            }
+        })?
+    };
     let payload = verified.payload_json().map_err(|error| payload_error(&error))?;
     let parsed = verified.event(&payload, received_at).map_err(|error| payload_error(&error))?;
     let delivery_id = verified.headers().delivery_id.clone();
@@ -133,16 +152,52 @@ fn ignored(delivery_id: DeliveryId, action: String, what: &str) -> Accepted {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body) -> Result<Vec<u8>, ApiError> {
-    let too_large = ApiError::PayloadTooLarge { limit: MAX_PAYLOAD_BYTES };
+/// `sha256=` and 64 hex digits: the only shape GitHub sends.
+fn signature_well_formed(signature: &str) -> bool {
+    signature
+        .strip_prefix("sha256=")
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// How long a body waits for a turn to be read when
+/// `webhook_unverified_bodies` are under way.
+const UNVERIFIED_WAIT: Duration = Duration::from_secs(1);
+
+async fn unverified_permit(
+    state: &ServerState,
+) -> Result<tokio::sync::SemaphorePermit<'_>, ApiError> {
+    let busy = || ApiError::Busy("too many unverified deliveries under way; retry".into());
+    // The common case takes no timer.
+    if let Ok(permit) = state.webhook.unverified.try_acquire() {
+        return Ok(permit);
+    }
+    match tokio::time::timeout(UNVERIFIED_WAIT, state.webhook.unverified.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        Ok(Err(_)) | Err(_) => Err(busy()),
+    }
+}
+
+async fn read_body(
+    state: &ServerState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Vec<u8>, ApiError> {
+    let limit = state.webhook.max_body;
+    let too_large = ApiError::PayloadTooLarge { limit };
     let declared = header(headers, "content-length").and_then(|len| len.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > MAX_PAYLOAD_BYTES) {
+    if declared.is_some_and(|len| len > limit) {
         return Err(too_large);
     }
-    match Limited::new(body, MAX_PAYLOAD_BYTES).collect().await {
-        Ok(collected) => Ok(collected.to_bytes().to_vec()),
-        Err(error) if error.is::<LengthLimitError>() => Err(too_large),
-        Err(error) => Err(ApiError::BadRequest(format!("reading the body failed: {error}"))),
+    let timeout = state.webhook.body_timeout;
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        // A body that came in one chunk becomes the `Vec` without a copy.
+        Ok(Ok(collected)) => Ok(Vec::from(collected.to_bytes())),
+        Ok(Err(error)) if error.is::<LengthLimitError>() => Err(too_large),
+        Ok(Err(error)) => Err(ApiError::BadRequest(format!("reading the body failed: {error}"))),
+        Err(_) => Err(ApiError::Timeout(format!(
+            "the body did not arrive within {}",
+            hangar_types::duration::format(timeout)
+        ))),
     }
 }
 
@@ -162,6 +217,8 @@ fn rejection_outcome(error: &ApiError) -> &'static str {
         ApiError::PayloadTooLarge { .. } => "too_large",
         ApiError::UnsupportedMediaType(_) => "unsupported_media_type",
         ApiError::Unavailable(_) | ApiError::Store(_) => "unavailable",
+        ApiError::Busy(_) => "busy",
+        ApiError::Timeout(_) => "timeout",
         ApiError::BadRequest(_) | ApiError::Forbidden(_) | ApiError::NotFound(_) => "bad_request",
     }
 }

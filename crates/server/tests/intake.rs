@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hangar_github::WebhookSecret;
-use hangar_server::{ApiAccess, ServerState};
+use hangar_server::{Bound, Limits, ServerState};
 use hangar_store::{JobFilter, Store};
 use hangar_types::{JobId, JobState};
 use rand::seq::SliceRandom;
@@ -15,7 +15,10 @@ use serde_json::Value;
 const SECRET: &str = "It's a Secret to Everybody";
 
 struct TestServer {
+    /// The public listener.
     base: String,
+    /// The admin listener.
+    admin: String,
     store: Store,
     http: reqwest::Client,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -27,27 +30,46 @@ impl TestServer {
     async fn start() -> TestServer {
         let dir = tempfile::tempdir().expect("temp dir");
         let url = Store::sqlite_url(&dir.path().join("hangar.db"));
-        let mut server = TestServer::on(&url, Some(SECRET), ApiAccess::Loopback).await;
+        let mut server = TestServer::on(&url, Some(SECRET), None).await;
         server._dir = Some(dir);
         server
     }
 
-    async fn on(url: &str, secret: Option<&str>, access: ApiAccess) -> TestServer {
+    async fn on(url: &str, secret: Option<&str>, token: Option<&str>) -> TestServer {
         let store = Store::open(url).await.expect("open store");
-        let state = ServerState::new(store.clone(), secret.map(WebhookSecret::new), access);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let state = ServerState::new(store.clone(), secret.map(WebhookSecret::new), token);
+        let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", public.local_addr().expect("addr"));
+        let admin_base = format!("http://{}", admin.local_addr().expect("addr"));
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            axum::serve(listener, hangar_server::router(state))
-                .with_graceful_shutdown(async {
+            let limits = Limits::default();
+            let (stop_public, stop_admin) = tokio::sync::oneshot::channel::<()>();
+            let public = hangar_server::listen::serve(
+                Bound::Tcp(public),
+                "public",
+                hangar_server::public_router(state.clone()),
+                &limits,
+                async {
                     let _ = stop.await;
-                })
-                .await
-                .expect("serve");
+                    let _ = stop_public.send(());
+                },
+            );
+            let admin = hangar_server::listen::serve(
+                Bound::Tcp(admin),
+                "admin",
+                hangar_server::admin_router(state),
+                &limits,
+                async {
+                    let _ = stop_admin.await;
+                },
+            );
+            tokio::join!(public, admin);
         });
         TestServer {
             base,
+            admin: admin_base,
             store,
             http: reqwest::Client::new(),
             shutdown: Some(shutdown),
@@ -154,7 +176,7 @@ async fn every_fixture_is_accepted_and_stored_on_postgres() {
         .await
         .expect("create database");
     let url = format!("{}/{name}", admin.rsplit_once('/').expect("db in url").0);
-    let server = TestServer::on(&url, Some(SECRET), ApiAccess::Loopback).await;
+    let server = TestServer::on(&url, Some(SECRET), None).await;
     every_fixture_is_accepted_and_stored_on(&server).await;
 }
 
@@ -250,8 +272,9 @@ fn form_body(json: &[u8]) -> String {
     out
 }
 
-/// A body over GitHub's 25 MB limit is refused from its `Content-Length`
-/// before it is read. (The client is told at once; it may still be sending,
+/// A body over `webhook_max_body_bytes` (default 1 MiB; this one declares
+/// GitHub's 25 MB and a byte) is refused from its `Content-Length` before it
+/// is read. (The client is told at once; it may still be sending,
 /// so this speaks raw HTTP to read the answer reliably.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_bodies_are_refused_with_413() {
@@ -275,7 +298,7 @@ async fn oversized_bodies_are_refused_with_413() {
 }
 
 /// The same limit for a body that declares no length (chunked): it is
-/// counted while it is read, and refused as soon as it passes 25 MB. The
+/// counted while it is read, and refused as soon as it passes the limit. The
 /// answer is read while the body is still being sent, as GitHub's sender
 /// would see it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -294,7 +317,7 @@ async fn oversized_chunked_bodies_are_refused_with_413() {
     let sender = tokio::spawn(async move {
         writer.write_all(head.as_bytes()).await?;
         let chunk = vec![b' '; 1024 * 1024];
-        // 30 MiB in 1 MiB chunks; the server may stop reading after 25 MB.
+        // 30 MiB in 1 MiB chunks; the server stops reading after 1 MiB.
         for _ in 0..30 {
             writer.write_all(format!("{:x}\r\n", chunk.len()).as_bytes()).await?;
             writer.write_all(&chunk).await?;
@@ -327,7 +350,7 @@ async fn redeliveries_and_other_events_change_nothing() {
     assert_eq!(status, 202);
     assert_eq!(server.stored().await, (1, 1));
 
-    let metrics = reqwest::get(format!("{}/metrics", server.base)).await.expect("metrics");
+    let metrics = reqwest::get(format!("{}/metrics", server.admin)).await.expect("metrics");
     let text = metrics.text().await.expect("text");
     assert!(text.contains("hangar_webhook_deliveries_total"), "{text}");
     assert!(text.contains(r#"outcome="duplicate""#), "{text}");
@@ -338,7 +361,7 @@ async fn redeliveries_and_other_events_change_nothing() {
 async fn without_a_secret_every_delivery_is_refused() {
     let dir = tempfile::tempdir().expect("dir");
     let url = Store::sqlite_url(&dir.path().join("h.db"));
-    let server = TestServer::on(&url, None, ApiAccess::Loopback).await;
+    let server = TestServer::on(&url, None, None).await;
     let body = std::fs::read(fixtures_dir().join("ping/payload.json")).expect("read");
     let (status, answer) = server.deliver(&Delivery::signed("ping", "p", body)).await;
     assert_eq!(status, 503);
@@ -346,25 +369,32 @@ async fn without_a_secret_every_delivery_is_refused() {
     assert_eq!(server.stored().await, (0, 0));
 }
 
+/// With a token, the admin routes answer on the public listener too, to
+/// that token only; on the admin listener the API asks for it as well
+/// (metrics stay open there). Without one, see `tests/listeners.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_admin_api_needs_a_token_beyond_loopback() {
+async fn with_a_token_the_public_listener_serves_the_admin_api_to_it_only() {
     let dir = tempfile::tempdir().expect("dir");
     let url = Store::sqlite_url(&dir.path().join("h.db"));
     let token = "a-token-of-sufficient-length";
-    let server = TestServer::on(&url, Some(SECRET), ApiAccess::new(false, Some(token))).await;
-    let jobs = format!("{}/api/v1/jobs", server.base);
+    let server = TestServer::on(&url, Some(SECRET), Some(token)).await;
     let http = &server.http;
-    assert_eq!(http.get(&jobs).send().await.expect("get").status(), 401);
-    let wrong = http.get(&jobs).bearer_auth("nope").send().await.expect("get");
-    assert_eq!(wrong.status(), 401);
-    let right = http.get(&jobs).bearer_auth(token).send().await.expect("get");
+    for base in [&server.base, &server.admin] {
+        let jobs = format!("{base}/api/v1/jobs");
+        assert_eq!(http.get(&jobs).send().await.expect("get").status(), 401, "{base}");
+        let wrong = http.get(&jobs).bearer_auth("nope").send().await.expect("get");
+        assert_eq!(wrong.status(), 401, "{base}");
+        let right = http.get(&jobs).bearer_auth(token).send().await.expect("get");
+        assert_eq!(right.status(), 200, "{base}");
+        let health = http.get(format!("{base}/healthz")).send().await.expect("get");
+        assert_eq!(health.status(), 200, "{base}");
+    }
+    let metrics = format!("{}/metrics", server.base);
+    assert_eq!(http.get(&metrics).send().await.expect("get").status(), 401);
+    let right = http.get(&metrics).bearer_auth(token).send().await.expect("get");
     assert_eq!(right.status(), 200);
-    let health = http.get(format!("{}/healthz", server.base)).send().await.expect("get");
-    assert_eq!(health.status(), 200);
-
-    let closed = TestServer::on(&url, Some(SECRET), ApiAccess::new(false, None)).await;
-    let response = http.get(format!("{}/api/v1/jobs", closed.base)).send().await.expect("get");
-    assert_eq!(response.status(), 403);
+    let admin_metrics = http.get(format!("{}/metrics", server.admin)).send().await.expect("get");
+    assert_eq!(admin_metrics.status(), 200);
 }
 
 /// One job's deliveries, in GitHub's order, built from the real payloads
@@ -442,7 +472,7 @@ async fn a_restart_loses_nothing() {
     let before = server.stored().await;
     let dir = server.stop().await.expect("temp dir");
     let url = Store::sqlite_url(&dir.path().join("hangar.db"));
-    let server = TestServer::on(&url, Some(SECRET), ApiAccess::Loopback).await;
+    let server = TestServer::on(&url, Some(SECRET), None).await;
     assert_eq!(server.stored().await, before);
     let (event, _, body) = fixtures().remove(0);
     let (_, answer) = server.deliver(&Delivery::signed(&event, "r0", body)).await;

@@ -52,7 +52,7 @@ enum Command {
 /// Builds the cache service `hangar serve` runs.
 pub(crate) async fn run(args: Args) -> Result<()> {
     let path = crate::config_path(args.config);
-    let overrides = Overrides { listen: None, data_dir: args.data_dir };
+    let overrides = Overrides { data_dir: args.data_dir, ..Overrides::default() };
     let config = hangar::config::load(path.as_deref(), &hangar::config::process_env, overrides)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let store = Store::open(config.database_url.expose()).await.context("opening the store")?;

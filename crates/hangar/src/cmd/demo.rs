@@ -79,7 +79,11 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     })
     .await
     .context("starting the GitHub simulator")?;
-    let overrides = Overrides { listen: Some(intake), data_dir: Some(dir.path().to_owned()) };
+    let overrides = Overrides {
+        listen: Some(intake),
+        data_dir: Some(dir.path().to_owned()),
+        ..Overrides::default()
+    };
     let text = demo_config(&sim, &runner, &runner_args);
     let config = hangar::config::load_text("demo.toml", &text, &hangar::config::no_env, overrides)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -91,10 +95,12 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let server = {
         let app = app.clone();
         tokio::spawn(async move {
-            app.serve(listener, async move {
+            let admin = hangar::local_admin_listener().await?;
+            app.serve(hangar_server::Bound::Tcp(listener), admin, async move {
                 let _ = stopped.await;
             })
-            .await
+            .await;
+            anyhow::Ok(())
         })
     };
 

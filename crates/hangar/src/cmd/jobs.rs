@@ -10,10 +10,11 @@ use hangar_types::{JobId, JobState, Timestamp};
 
 #[derive(clap::Args)]
 pub(crate) struct Remote {
-    /// The running hangar's URL.
-    #[arg(long, env = "HANGAR_URL", default_value = "http://127.0.0.1:8080")]
+    /// The running hangar's admin listener: `http://ADDR` or `unix:PATH`
+    /// (`[server] admin_listen`).
+    #[arg(long, env = "HANGAR_URL", default_value = "http://127.0.0.1:8081")]
     url: String,
-    /// Admin API token (needed when hangar listens beyond loopback).
+    /// Admin API token (needed when `[server] api_token` is set).
     #[arg(long, env = "HANGAR_API_TOKEN", hide_env_values = true)]
     token: Option<String>,
     /// Print the API's JSON instead of a table.

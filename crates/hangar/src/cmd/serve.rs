@@ -3,8 +3,9 @@
 //! With no config file at all it starts on embedded defaults (127.0.0.1,
 //! SQLite under the data directory) and says plainly what is missing to
 //! receive real webhooks. The first line on stdout is
-//! `hangar listening on http://ADDR`, which scripts may read (useful with
-//! `--listen 127.0.0.1:0`).
+//! `hangar listening on http://ADDR` (the public listener), the second
+//! `hangar admin on http://ADDR` (or `unix:PATH`), which scripts may read
+//! (useful with `--listen 127.0.0.1:0 --admin-listen 127.0.0.1:0`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use hangar::App;
 use hangar::config::{ENV_WEBHOOK_SECRET, Overrides, Resolved, Source};
+use hangar_server::{Bound, ListenAddr};
 use tracing_subscriber::EnvFilter;
 
 #[derive(clap::Args)]
@@ -19,9 +21,12 @@ pub(crate) struct Args {
     /// Config file (default: HANGAR_CONFIG, else ./hangar.toml if present, else built-in defaults).
     #[arg(long, short)]
     config: Option<PathBuf>,
-    /// Address to listen on, overriding the file (default 127.0.0.1:8080).
+    /// Public address (webhooks, health, cache), overriding the file (default 127.0.0.1:8080).
     #[arg(long)]
     listen: Option<SocketAddr>,
+    /// Admin address (API, metrics) or unix:PATH, overriding the file (default 127.0.0.1:8081).
+    #[arg(long)]
+    admin_listen: Option<ListenAddr>,
     /// Directory for the SQLite database and local state, overriding the file.
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -33,7 +38,8 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     // state, sockets) is for hangar alone.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let path = crate::config_path(args.config);
-    let overrides = Overrides { listen: args.listen, data_dir: args.data_dir };
+    let overrides =
+        Overrides { listen: args.listen, admin_listen: args.admin_listen, data_dir: args.data_dir };
     let config = hangar::config::load(path.as_deref(), &hangar::config::process_env, overrides)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     hangar::metrics::describe_all();
@@ -46,14 +52,19 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let admin = Bound::bind(&config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
     let addr = listener.local_addr()?;
-    println!("hangar listening on http://{addr}");
+    // One write: a reader that takes the first line and closes the pipe
+    // must not make the second one fail.
+    let lines = format!("hangar listening on http://{addr}\nhangar admin on {}\n", admin.url()?);
+    print!("{lines}");
     report_startup(&config, addr);
 
-    let served = app.serve(listener, shutdown).await;
+    app.serve(Bound::Tcp(listener), admin, shutdown).await;
     tracing::info!("Shutting down: no new requests; letting runner steps under way finish.");
     let report = app.stop().await;
-    served?;
     if report.tasks_left > 0 {
         tracing::warn!(
             tasks_left = report.tasks_left,
@@ -85,10 +96,10 @@ fn report_startup(effective: &Resolved, addr: SocketAddr) {
              http://{addr}/webhook (through a public URL) with the same secret."
         );
     }
-    if !addr.ip().is_loopback() && effective.api_token.is_none() {
-        tracing::warn!(
-            "Listening beyond loopback without an API token: the admin API is closed. \
-             Set HANGAR_API_TOKEN or [server] api_token to use it."
+    if effective.api_token.is_none() {
+        tracing::info!(
+            admin = %effective.admin_listen,
+            "The admin API and metrics answer on the admin listener only (no API token set)."
         );
     }
 }

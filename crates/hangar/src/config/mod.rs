@@ -27,6 +27,7 @@ use std::path::{Path, PathBuf};
 
 use hangar_github::ClientConfig;
 use hangar_scheduler::{PoolConfig, SchedulerConfig};
+use hangar_server::ListenAddr;
 use hangar_types::Secret;
 use serde::Deserialize;
 
@@ -64,6 +65,7 @@ pub const ENV_DATABASE_URL: &str = "HANGAR_DATABASE_URL";
 pub const ENV_RUNNER_SCOPE: &str = "HANGAR_RUNNER_SCOPE";
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+pub use hangar_server::DEFAULT_ADMIN_LISTEN;
 
 /// What a config error is about: a file, or the built-in defaults (with
 /// the environment) when there is none.
@@ -114,6 +116,7 @@ pub fn process_env(name: &str) -> Option<String> {
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
+    pub admin_listen: Option<hangar_server::ListenAddr>,
     pub data_dir: Option<PathBuf>,
 }
 
@@ -126,7 +129,10 @@ pub struct Resolved {
     /// read from here), except that an empty `[cache] allowed_owners` (with
     /// no `allowed_repository_ids`) holds the runner scope's owner.
     pub file: HangarConfig,
+    /// The public listener: webhooks, health, cache.
     pub listen: SocketAddr,
+    /// The admin listener: the admin API and metrics.
+    pub admin_listen: hangar_server::ListenAddr,
     pub data_dir: PathBuf,
     /// May hold a password: a [`Secret`], shown redacted.
     pub database_url: Secret,
@@ -236,6 +242,10 @@ fn resolve(
         .listen
         .or(file.server.listen)
         .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("the default address parses"));
+    let admin_listen = overrides
+        .admin_listen
+        .or_else(|| file.server.admin_listen.clone())
+        .unwrap_or_else(|| DEFAULT_ADMIN_LISTEN.parse().expect("the default admin address parses"));
     let data_dir = overrides
         .data_dir
         .or_else(|| file.server.data_dir.clone())
@@ -253,6 +263,24 @@ fn resolve(
         secret(&invalid, "server.api_token", ENV_API_TOKEN, env, &file.server.api_token)?;
     let webhook_secret =
         secret(&invalid, "webhook.secret", ENV_WEBHOOK_SECRET, env, &file.webhook.secret)?;
+    if !admin_listen.is_local() && api_token.is_none() {
+        return Err(invalid(
+            "server.admin_listen",
+            format!(
+                "expected a loopback address or `unix:/PATH` (it serves the admin API and \
+                 metrics), or an api_token ({ENV_API_TOKEN}) to guard them; not {admin_listen}"
+            ),
+        ));
+    }
+    if ListenAddr::Tcp(listen) == admin_listen && listen.port() != 0 {
+        return Err(invalid(
+            "server.admin_listen",
+            format!("expected an address other than server.listen ({listen})"),
+        ));
+    }
+    if let Err(e) = file.server.limits.validate() {
+        return Err(invalid(&format!("server.limits.{}", e.key), e.expected.to_owned()));
+    }
     if let Err(e) = file.cache.settings().and_then(|_| file.cache.check_listener(listen)) {
         return Err(invalid(&format!("cache.{}", e.key), format!("expected {}", e.expected)));
     }
@@ -295,6 +323,7 @@ fn resolve(
         source,
         file,
         listen,
+        admin_listen,
         data_dir,
         database_url: Secret::new(database_url),
         webhook_secret,

@@ -227,3 +227,56 @@ fn the_cache_allow_list_defaults_to_the_runner_scope_owner() {
     let error = check("[cache]\nallowed_owners = [\"a b\"]\n").unwrap_err();
     assert!(error.contains("key `cache.allowed_owners`"), "{error}");
 }
+
+#[test]
+fn the_admin_listener_is_local_unless_a_token_guards_it() {
+    let resolved = check("").expect("valid");
+    assert_eq!(resolved.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+    let unix = check("[server]\nadmin_listen = \"unix:/run/hangar/admin.sock\"\n").expect("valid");
+    assert_eq!(unix.admin_listen, ListenAddr::Unix("/run/hangar/admin.sock".into()));
+
+    let error = check("[server]\nadmin_listen = \"0.0.0.0:8081\"\n").unwrap_err();
+    assert!(
+        error.starts_with("hangar.toml:2: key `server.admin_listen`: expected a loopback"),
+        "{error}"
+    );
+    let token = [(ENV_API_TOKEN, "a-token-of-sufficient-length")];
+    check_env("[server]\nadmin_listen = \"0.0.0.0:8081\"\n", &token).expect("valid with a token");
+
+    let error = check("[server]\nadmin_listen = \"unix:admin.sock\"\n").unwrap_err();
+    assert!(
+        error.contains("key `server.admin_listen`: expected an absolute socket path"),
+        "{error}"
+    );
+    let error = check("[server]\nlisten = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\"\n")
+        .unwrap_err();
+    assert!(error.contains("expected an address other than server.listen"), "{error}");
+}
+
+#[test]
+fn server_limits_have_defaults_and_are_checked() {
+    let resolved = check("").expect("valid");
+    assert_eq!(resolved.file.server.limits, hangar_server::Limits::default());
+    let set = check(
+        "[server.limits]\nmax_connections = 100\nheader_read_timeout = \"5s\"\n\
+         webhook_body_timeout = \"3s\"\nwebhook_max_body_bytes = 262144\n\
+         webhook_unverified_bodies = 8\n",
+    )
+    .expect("valid");
+    assert_eq!(set.file.server.limits.header_read_timeout, std::time::Duration::from_secs(5));
+    assert_eq!(set.file.server.limits.webhook_unverified_bodies, 8);
+    let error = check("[server.limits]\nmax_connections = 0\n").unwrap_err();
+    assert_eq!(error, "hangar.toml:2: key `server.limits.max_connections`: expected at least 1");
+    let error = check("[server.limits]\nheader_read_timeout = \"0s\"\n").unwrap_err();
+    assert!(
+        error.contains("key `server.limits.header_read_timeout`: expected more than 0s"),
+        "{error}"
+    );
+    let error = check("[server.limits]\nwebhook_max_body_bytes = 30000000\n").unwrap_err();
+    assert!(
+        error.contains("key `server.limits.webhook_max_body_bytes`: expected from 65536"),
+        "{error}"
+    );
+    let error = check("[server.limits]\nheader_read_timeout = 10\n").unwrap_err();
+    assert!(error.contains("key `server.limits.header_read_timeout`"), "{error}");
+}

@@ -154,7 +154,11 @@ impl World {
             providers.insert(pool.name.clone(), provider);
         }
         // The system as `serve` builds it, with the test's timers and pools.
-        let overrides = Overrides { listen: Some(addr), data_dir: Some(dir.path().to_owned()) };
+        let overrides = Overrides {
+            listen: Some(addr),
+            data_dir: Some(dir.path().to_owned()),
+            ..Overrides::default()
+        };
         let mut resolved =
             hangar::config::load_text("world.toml", "", &hangar::config::no_env, overrides)
                 .expect("an empty config loads");
@@ -174,7 +178,7 @@ impl World {
         let lifecycle = app.lifecycle().expect("pools run").clone();
         let store = app.store().clone();
         if webhooks {
-            let router = app.router();
+            let router = app.public_router();
             tasks.push(tokio::spawn(async move {
                 axum::serve(listener, router).await.expect("intake serves");
             }));

@@ -63,8 +63,11 @@ network = {{ mode = "nat", subnet = "172.31.0.0/16", dns = "127.0.0.1", allow = 
         sim_ip = netns.ns_ip,
     );
     let listener = tokio::net::TcpListener::bind((netns.host_ip, 0)).await?;
-    let overrides =
-        Overrides { listen: Some(listener.local_addr()?), data_dir: Some(dir.path().to_owned()) };
+    let overrides = Overrides {
+        listen: Some(listener.local_addr()?),
+        data_dir: Some(dir.path().to_owned()),
+        ..Overrides::default()
+    };
     let config = hangar::config::load_text("bench.toml", &text, &hangar::config::no_env, overrides)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     // The pool's provider is built here, not by the app, to read its
@@ -82,7 +85,8 @@ network = {{ mode = "nat", subnet = "172.31.0.0/16", dns = "127.0.0.1", allow = 
     sim.webhook_url_set(Some(format!("http://{}/webhook", listener.local_addr()?)));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let result = {
-        let serve = app.serve(listener, async move {
+        let admin = hangar::local_admin_listener().await?;
+        let serve = app.serve(hangar_server::Bound::Tcp(listener), admin, async move {
             let _ = stopped.await;
         });
         let measure = async {
@@ -90,8 +94,7 @@ network = {{ mode = "nat", subnet = "172.31.0.0/16", dns = "127.0.0.1", allow = 
             let _ = stop.send(());
             result
         };
-        let (served, result) = tokio::join!(serve, measure);
-        served?;
+        let ((), result) = tokio::join!(serve, measure);
         result
     };
     app.stop().await;

@@ -60,7 +60,7 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     let data_dir = args.data_dir.clone().unwrap_or_else(|| temp.clone());
     std::fs::create_dir_all(&data_dir)?;
     let mut server = tokio::process::Command::new(std::env::current_exe()?)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .args(["serve", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0", "--data-dir"])
         .arg(&data_dir)
         .env("HANGAR_WEBHOOK_SECRET", SECRET)
         .env("RUST_LOG", "warn")
