@@ -233,29 +233,13 @@ impl App {
         admin: Bound,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
     ) {
-        let stop = CancellationToken::new();
-        let stopping = stop.clone();
-        let signal = async move {
-            shutdown.await;
-            stopping.cancel();
-        };
-        tokio::join!(
-            signal,
-            hangar_server::listen::serve(
-                public,
-                "public",
-                self.public_router(),
-                &self.limits,
-                stop.clone().cancelled_owned()
-            ),
-            hangar_server::listen::serve(
-                admin,
-                "admin",
-                self.admin_router(),
-                &self.limits,
-                stop.clone().cancelled_owned()
-            ),
-        );
+        hangar_server::listen::serve_both(
+            (public, self.public_router()),
+            (admin, self.admin_router()),
+            &self.limits,
+            shutdown,
+        )
+        .await;
     }
 
     /// The ordered stop (see the module docs).

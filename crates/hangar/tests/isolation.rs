@@ -15,6 +15,8 @@ use hangar_test_harness::wait_for;
 struct Serve {
     child: Child,
     url: String,
+    /// The admin listener (`/metrics`).
+    admin: String,
 }
 
 impl Drop for Serve {
@@ -59,11 +61,14 @@ idle_timeout = "2s"
         .stderr(std::fs::File::create(dir.join("serve.log")).expect("log"))
         .spawn()
         .expect("hangar starts");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("first line");
+    let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
+    let (mut line, mut admin) = (String::new(), String::new());
+    stdout.read_line(&mut line).expect("first line");
+    stdout.read_line(&mut admin).expect("second line");
     let url = line.trim().strip_prefix("hangar listening on ").expect("listening line").to_owned();
+    let admin = admin.trim().strip_prefix("hangar admin on ").expect("admin line").to_owned();
     sim.webhook_url_set(Some(format!("{url}/webhook")));
-    Serve { child, url }
+    Serve { child, url, admin }
 }
 
 async fn get_json(url: &str) -> serde_json::Value {
@@ -93,7 +98,7 @@ async fn auto_without_an_image_runs_nothing_and_says_why() {
     assert!(reason.contains("allow_unisolated"), "{reason}");
 
     let view = wait_for("the job's reason", Duration::from_secs(30), || async {
-        let view = get_json(&format!("{}/api/v1/jobs/{job}", hangar.url)).await;
+        let view = get_json(&format!("{}/api/v1/jobs/{job}", hangar.admin)).await;
         view["lifecycle"]["reason"]
             .as_str()
             .is_some_and(|r| r.contains("no microVM image"))
@@ -105,7 +110,7 @@ async fn auto_without_an_image_runs_nothing_and_says_why() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(sim.counters().registrations_created, 0);
     assert!(!dir.path().join("data/runners").exists(), "a local process was started");
-    let metrics = get_text(&format!("{}/metrics", hangar.url)).await;
+    let metrics = get_text(&format!("{}/metrics", hangar.admin)).await;
     assert!(metrics.contains("hangar_pool_isolated{pool=\"linux\"} 1"), "{metrics}");
     let log = std::fs::read_to_string(dir.path().join("serve.log")).expect("log");
     assert!(log.contains("is UNHEALTHY and starts no runners"), "{log}");
@@ -135,7 +140,7 @@ async fn allow_unisolated_runs_local_processes_and_says_so() {
     .await;
     let health = get_json(&format!("{}/healthz", hangar.url)).await;
     assert_eq!(health["status"], "ok", "{health}");
-    let metrics = get_text(&format!("{}/metrics", hangar.url)).await;
+    let metrics = get_text(&format!("{}/metrics", hangar.admin)).await;
     assert!(metrics.contains("hangar_pool_isolated{pool=\"linux\"} 0"), "{metrics}");
     let log = std::fs::read_to_string(dir.path().join("serve.log")).expect("log");
     assert!(log.contains("FELL BACK TO LOCAL PROCESSES"), "{log}");

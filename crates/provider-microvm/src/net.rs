@@ -433,17 +433,7 @@ impl Network {
         let result = (|| {
             link(&net)?;
             self.ip(&["addr", "add", &format!("{}/30", net.host_ip), "dev", &net.ifname])?;
-            hangar_exec::run_within(
-                Command::new(&self.nft).args([
-                    "add",
-                    "element",
-                    "inet",
-                    &self.table,
-                    "vm_addrs",
-                    &element,
-                ]),
-                EXEC_TIMEOUT,
-            )?;
+            self.vm_addrs_change("add", &element)?;
             state.expected = self.table_listing()?;
             self.ip(&["link", "set", &net.ifname, "up"])
         })();
@@ -455,6 +445,14 @@ impl Network {
         Ok(net)
     }
 
+    /// `nft add|delete element` of one tap ↔ address pair in `vm_addrs`.
+    fn vm_addrs_change(&self, op: &str, element: &str) -> Result<(), NetError> {
+        Ok(hangar_exec::run_within(
+            Command::new(&self.nft).args([op, "element", "inet", &self.table, "vm_addrs", element]),
+            EXEC_TIMEOUT,
+        )?)
+    }
+
     /// Deletes the VM's tap and its address pairing (idempotent).
     pub(crate) fn vm_teardown(&self, vm_id: &str) {
         let ifname = self.ifname(vm_id);
@@ -464,17 +462,7 @@ impl Network {
             && let Some((_, guest)) = state.links.remove(&index)
         {
             let element = format!("{{ \"{ifname}\" . {guest} }}");
-            let _ = hangar_exec::run_within(
-                Command::new(&self.nft).args([
-                    "delete",
-                    "element",
-                    "inet",
-                    &self.table,
-                    "vm_addrs",
-                    &element,
-                ]),
-                EXEC_TIMEOUT,
-            );
+            let _ = self.vm_addrs_change("delete", &element);
             if let Ok(listing) = self.table_listing() {
                 state.expected = listing;
             }

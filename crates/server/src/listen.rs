@@ -217,6 +217,30 @@ pub async fn serve(
     }
 }
 
+/// Serves the public and the admin listener, each with its router, until
+/// `shutdown` resolves; then both stop accepting and drain (what `hangar
+/// serve` runs, and tests that need both).
+pub async fn serve_both(
+    public: (Bound, Router),
+    admin: (Bound, Router),
+    limits: &Limits,
+    shutdown: impl Future<Output = ()> + Send,
+) {
+    let (stop, stopped) = watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+    };
+    let wait = |mut stopped: watch::Receiver<bool>| async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    tokio::join!(
+        signal,
+        serve(public.0, "public", public.1, limits, wait(stopped.clone())),
+        serve(admin.0, "admin", admin.1, limits, wait(stopped)),
+    );
+}
+
 async fn serve_on<L: Listener>(
     mut listener: L,
     name: &'static str,

@@ -43,27 +43,15 @@ impl Server {
         let addrs = (public.local_addr().expect("addr"), admin.local_addr().expect("addr"));
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-            let public = hangar_server::listen::serve(
-                Bound::Tcp(public),
-                "public",
-                hangar_server::public_router(state.clone()),
+            hangar_server::listen::serve_both(
+                (Bound::Tcp(public), hangar_server::public_router(state.clone())),
+                (Bound::Tcp(admin), hangar_server::admin_router(state)),
                 &limits,
                 async {
                     let _ = stopped.await;
-                    let _ = stop_admin.send(());
                 },
-            );
-            let admin = hangar_server::listen::serve(
-                Bound::Tcp(admin),
-                "admin",
-                hangar_server::admin_router(state),
-                &limits,
-                async {
-                    let _ = admin_stopped.await;
-                },
-            );
-            tokio::join!(public, admin);
+            )
+            .await;
         });
         Server {
             public: addrs.0.to_string(),

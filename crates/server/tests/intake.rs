@@ -44,28 +44,15 @@ impl TestServer {
         let admin_base = format!("http://{}", admin.local_addr().expect("addr"));
         let (shutdown, stop) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
-            let limits = Limits::default();
-            let (stop_public, stop_admin) = tokio::sync::oneshot::channel::<()>();
-            let public = hangar_server::listen::serve(
-                Bound::Tcp(public),
-                "public",
-                hangar_server::public_router(state.clone()),
-                &limits,
+            hangar_server::listen::serve_both(
+                (Bound::Tcp(public), hangar_server::public_router(state.clone())),
+                (Bound::Tcp(admin), hangar_server::admin_router(state)),
+                &Limits::default(),
                 async {
                     let _ = stop.await;
-                    let _ = stop_public.send(());
                 },
-            );
-            let admin = hangar_server::listen::serve(
-                Bound::Tcp(admin),
-                "admin",
-                hangar_server::admin_router(state),
-                &limits,
-                async {
-                    let _ = stop_admin.await;
-                },
-            );
-            tokio::join!(public, admin);
+            )
+            .await;
         });
         TestServer {
             base,
