@@ -147,16 +147,6 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// A cap hit while a body streams in; carried through the blob store as the
-/// body's error and turned back into a [`CacheError`] by `put_part`.
-#[derive(Debug, thiserror::Error)]
-enum StreamLimit {
-    #[error("cache full: unfinished uploads would exceed the {cap} of {limit} bytes")]
-    Quota { cap: &'static str, limit: u64 },
-    #[error("cache storage is low on space: {free} bytes free, {floor} required")]
-    LowSpace { free: u64, floor: u64 },
-}
-
 /// Re-check free space after this many bytes of one body.
 const FREE_SPACE_CHECK_EVERY: u64 = 64 * 1024 * 1024;
 
@@ -445,11 +435,11 @@ impl CacheService {
             };
             if repo_base + repo_now > max_repo {
                 let cap = "repository cap (max_repo_bytes)";
-                return Err(StreamLimit::Quota { cap, limit: max_repo }.into());
+                return Err(CacheError::QuotaExceeded { cap, limit: max_repo }.into());
             }
             if total_base + total_now > max_total {
                 let cap = "global cap (max_total_bytes)";
-                return Err(StreamLimit::Quota { cap, limit: max_total }.into());
+                return Err(CacheError::QuotaExceeded { cap, limit: max_total }.into());
             }
             since_space_check += n;
             if since_space_check >= FREE_SPACE_CHECK_EVERY {
@@ -457,7 +447,7 @@ impl CacheService {
                 if let Some(free) = blobs.free_bytes()
                     && free < floor
                 {
-                    return Err(StreamLimit::LowSpace { free, floor }.into());
+                    return Err(CacheError::LowSpace { free, floor }.into());
                 }
             }
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(chunk)
@@ -470,16 +460,10 @@ impl CacheService {
                     limit: s.max_entry_bytes,
                 });
             }
+            // A cap the counting stream hit comes back as the body's error.
             Err(BlobError::Body { source, received }) => {
-                return Err(match source.downcast::<StreamLimit>() {
-                    Ok(limit) => match *limit {
-                        StreamLimit::Quota { cap, limit } => {
-                            CacheError::QuotaExceeded { cap, limit }
-                        }
-                        StreamLimit::LowSpace { free, floor } => {
-                            CacheError::LowSpace { free, floor }
-                        }
-                    },
+                return Err(match source.downcast::<CacheError>() {
+                    Ok(cap) => *cap,
                     Err(source) => CacheError::Body(BlobError::Body { received, source }),
                 });
             }
